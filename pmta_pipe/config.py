@@ -1,0 +1,176 @@
+"""Settings: one table of options, resolved flag > ``PMTA_PIPE_*`` variable > default.
+
+``OPTIONS`` is the single list the CLI builds its flags from and the docs list
+(a test checks that every option is documented). ``resolve`` validates once into a
+frozen ``Settings``; a bad value raises ``ConfigError`` naming the flag, the
+variable and what is expected.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from pmta_pipe.errors import ConfigError
+
+APP = "pmta-pipe"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be more than 0")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``500M``, ``2G``, ``1048576``, ``10GiB`` -> bytes."""
+    m = _SIZE.fullmatch(text.strip())
+    if not m:
+        raise ValueError("expected a size such as 500M or 2G")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def _text(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text
+
+
+def _path(text: str) -> Path:
+    return Path(_text(text)).expanduser()
+
+
+def _level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("expected debug, info, warning or error")
+    return level
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its flag, its environment variable, its type and its help."""
+
+    name: str
+    flag: str
+    parse: Callable[[str], Any]
+    help: str
+    metavar: str = "VALUE"
+
+    @property
+    def env(self) -> str:
+        return "PMTA_PIPE_" + self.name.upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("dsn", "--dsn", _text,
+           "PostgreSQL connection (libpq URI or key=value string); without it and without "
+           "PGHOST/PGDATABASE/PGSERVICE, an embedded PostgreSQL in --data-dir is used", "DSN"),
+    Option("data_dir", "--data-dir", _path,
+           "data folder of the embedded PostgreSQL (default: the user's data directory)", "DIR"),
+    Option("source", "--source", _text,
+           "name stored on every row for this PowerMTA host (default: the host name)", "NAME"),
+    Option("batch_rows", "--batch-rows", _positive_int,
+           "most records in one batch (default 10000)", "N"),
+    Option("batch_seconds", "--batch-seconds", _positive_float,
+           "longest a record waits before its batch is committed (default 1.0)", "SECONDS"),
+    Option("spool_dir", "--spool-dir", _path,
+           "folder of the durable local spool (default: see docs/operations.md)", "DIR"),
+    Option("spool_max_bytes", "--spool-max-bytes", parse_size,
+           "largest the spool may grow while the database is away (default 10G)", "SIZE"),
+    Option("drain_timeout", "--drain-timeout", _non_negative_float,
+           "at end of input, how long to wait for an unreachable database (default 30)",
+           "SECONDS"),
+    Option("log_level", "--log-level", _level,
+           "debug, info, warning or error (default info)", "LEVEL"),
+)  # fmt: skip
+
+OPTION_BY_NAME = {o.name: o for o in OPTIONS}
+
+#: libpq variables that mean "a database is configured" even without --dsn
+LIBPQ_TARGET_VARS = ("PGHOST", "PGHOSTADDR", "PGDATABASE", "PGSERVICE", "PGPORT")
+
+
+def default_data_dir() -> Path:
+    return platformdirs.user_data_path(APP) / "postgres"
+
+
+def default_spool_dir() -> Path:
+    return platformdirs.user_state_path(APP) / "spool"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated settings for one run."""
+
+    dsn: str | None = None
+    data_dir: Path | None = None
+    source: str | None = None
+    batch_rows: int = 10000
+    batch_seconds: float = 1.0
+    spool_dir: Path | None = None
+    spool_max_bytes: int = 10 << 30
+    drain_timeout: float = 30.0
+    log_level: str = "INFO"
+
+    @property
+    def source_name(self) -> str:
+        return self.source or socket.gethostname()
+
+    @property
+    def data_path(self) -> Path:
+        return self.data_dir or default_data_dir()
+
+    @property
+    def spool_path(self) -> Path:
+        return self.spool_dir or default_spool_dir()
+
+
+def resolve(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:
+    """Build ``Settings`` from parsed flags (already typed) and the environment."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    known = {f.name for f in fields(Settings)}
+    for opt in OPTIONS:
+        if opt.name not in known:
+            continue
+        given = flags.get(opt.name)
+        if given is not None:
+            values[opt.name] = given
+            continue
+        raw = env.get(opt.env)
+        if raw is None or raw == "":
+            continue
+        try:
+            values[opt.name] = opt.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(
+                f"invalid {opt.env}={raw!r}: {exc}", f"{opt.flag} {opt.metavar}: {opt.help}"
+            ) from None
+    return Settings(**values)

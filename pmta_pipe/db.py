@@ -1,0 +1,78 @@
+"""Which database a run uses, and connections to it.
+
+Order: ``--dsn`` / ``PMTA_PIPE_DSN``; else, when any of ``PGHOST``, ``PGHOSTADDR``,
+``PGDATABASE``, ``PGSERVICE`` or ``PGPORT`` is set, libpq's own defaults (so
+``PGPASSFILE``, service files and every ``PG*`` variable work as in ``psql``);
+else the embedded PostgreSQL in ``--data-dir``. ``describe`` names a target for
+logs and ``status`` without its password.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from pmta_pipe import __version__
+from pmta_pipe.config import LIBPQ_TARGET_VARS, Settings
+from pmta_pipe.errors import ConfigError, DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Target:
+    conninfo: str
+    embedded: bool
+    description: str
+
+
+def describe(conninfo: str) -> str:
+    """``user@host:port/dbname``, from the conninfo and libpq's environment; no password."""
+    try:
+        params = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError(f"invalid DSN: {exc}", "use a libpq URI or key=value string") from None
+    host = str(params.get("host") or os.environ.get("PGHOST") or "local socket")
+    if host.startswith("/"):
+        host = f"socket {host}"
+    port = str(params.get("port") or os.environ.get("PGPORT") or "5432")
+    dbname = str(params.get("dbname") or os.environ.get("PGDATABASE") or "(default)")
+    user = str(params.get("user") or os.environ.get("PGUSER") or "(default user)")
+    service = params.get("service") or os.environ.get("PGSERVICE")
+    where = f"{user}@{host}:{port}/{dbname}"
+    return f"{where} (service {service})" if service else where
+
+
+def resolve_target(settings: Settings, *, start_embedded: bool = True) -> Target:
+    """Find the database for this run, starting the embedded server if it is the one."""
+    if settings.dsn:
+        return Target(settings.dsn, False, describe(settings.dsn))
+    if any(os.environ.get(v) for v in LIBPQ_TARGET_VARS):
+        return Target("", False, describe(""))
+    from pmta_pipe import embedded
+
+    data_dir = settings.data_path
+    if not start_embedded:
+        return Target("", True, f"embedded PostgreSQL in {data_dir} (not started)")
+    try:
+        uri = embedded.start(data_dir)
+    except Exception as exc:  # the library raises plain subprocess/OS errors
+        raise DatabaseUnavailable(
+            f"cannot start the embedded PostgreSQL in {data_dir}: {exc}",
+            "check the folder's permissions and free space, or set --dsn",
+        ) from exc
+    return Target(uri, True, f"embedded PostgreSQL in {data_dir}")
+
+
+def connect(conninfo: str, *, autocommit: bool = False, timeout: float = 10) -> psycopg.Connection:
+    """Open a connection named ``pmta-pipe`` in ``pg_stat_activity``."""
+    return psycopg.connect(
+        conninfo,
+        autocommit=autocommit,
+        connect_timeout=max(1, int(timeout)),
+        application_name=f"pmta-pipe {__version__}",
+    )

@@ -1,0 +1,298 @@
+"""Load parsed batches into PostgreSQL: COPY into staging, one set-based upsert, in one transaction.
+
+For each batch:
+
+1. the daily partitions it needs are created in a short transaction of their own
+   (``pmta.ensure_partitions``), so that loaders never hold partition locks;
+2. in one transaction: ``COPY`` into the temporary table ``batch_stage``; one
+   ``INSERT … ON CONFLICT DO NOTHING`` into ``pmta.events`` (ordered by key, so that
+   concurrent loaders take locks in the same order), keeping the rows actually
+   inserted in ``batch_inserted``; ``pmta.apply_rollups()``; the batch's rejects;
+   commit.
+
+Transient errors (connection lost, server shut down, serialization failure,
+deadlock: decided from psycopg's exception classes) are retried with tenacity,
+exponential backoff with jitter, on a new connection. A permanent error (a value
+PostgreSQL refuses that the parser accepted) is not retried blindly: the batch is
+split in halves until the failing record is alone, and that record goes to
+``pmta.rejects`` with the database's message; every other record is loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import psycopg
+import tenacity
+from psycopg import errors as pg_errors
+
+from pmta_pipe import db
+from pmta_pipe.errors import DatabaseUnavailable
+from pmta_pipe.fields import EVENT_COLUMNS
+from pmta_pipe.parse import ParsedBatch, Reject
+
+log = logging.getLogger(__name__)
+
+_COLS = ", ".join(EVENT_COLUMNS)
+_SETUP = (
+    "SET TIME ZONE 'UTC'",
+    "CREATE TEMP TABLE IF NOT EXISTS batch_stage (LIKE pmta.events) ON COMMIT DELETE ROWS",
+    "CREATE TEMP TABLE IF NOT EXISTS batch_inserted (LIKE pmta.events) ON COMMIT DELETE ROWS",
+)
+_COPY = f"COPY batch_stage ({_COLS}) FROM STDIN (FORMAT csv)"
+_UPSERT = f"""
+    WITH ins AS (
+        INSERT INTO pmta.events ({_COLS})
+        SELECT {_COLS} FROM batch_stage ORDER BY time_logged, record_id
+        ON CONFLICT DO NOTHING
+        RETURNING *
+    )
+    INSERT INTO batch_inserted SELECT * FROM ins
+"""
+_REJECT = """
+    INSERT INTO pmta.rejects (reject_id, source, reason, raw_line, position, header_line)
+    VALUES (%s, %s, %s, %s, %s, %s)
+    ON CONFLICT (reject_id) DO NOTHING
+"""
+
+# psycopg exception classes that mean "try again, maybe on a new connection"
+TRANSIENT: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError,  # connection lost or refused, admin shutdown, cannot connect now
+    pg_errors.SerializationFailure,
+    pg_errors.DeadlockDetected,
+    pg_errors.LockNotAvailable,
+    pg_errors.QueryCanceled,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when retrying the same batch may succeed."""
+    return isinstance(exc, TRANSIENT)
+
+
+@dataclass
+class LoadResult:
+    """What one batch did to the database."""
+
+    records: int = 0
+    inserted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+
+    def add(self, other: LoadResult) -> None:
+        self.records += other.records
+        self.inserted += other.inserted
+        self.duplicates += other.duplicates
+        self.rejected += other.rejected
+
+
+def reject_id(raw: str) -> str:
+    return hashlib.md5(raw.encode(), usedforsecurity=False).hexdigest()
+
+
+class _Backoff:
+    """Logs once per state change (down / back), not once per attempt."""
+
+    def __init__(self) -> None:
+        self.down_since: float | None = None
+
+    def before_sleep(self, state: tenacity.RetryCallState) -> None:
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning("database unavailable (%s); retrying with backoff", _one_line(exc))
+
+    def recovered(self) -> None:
+        if self.down_since is not None:
+            log.warning("database back after %.1f s", time.monotonic() - self.down_since)
+            self.down_since = None
+
+
+def _one_line(exc: BaseException | None) -> str:
+    text = str(exc or "unknown error").strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class Loader:
+    """Owns one connection and loads batches through it, reconnecting as needed."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        retry_for: float | None = None,
+        max_wait: float = 30.0,
+        after_load: Callable[[psycopg.Connection[Any], LoadResult], None] | None = None,
+    ) -> None:
+        self.conninfo = conninfo
+        self.retry_for = retry_for  # seconds before giving up; None = never
+        self.max_wait = max_wait
+        self.after_load = after_load  # runs inside the batch transaction
+        self._conn: psycopg.Connection[Any] | None = None
+        self._days: set[date] = set()
+        self._backoff = _Backoff()
+
+    # -- connection -------------------------------------------------------
+    def connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            conn = db.connect(self.conninfo, autocommit=True)
+            for stmt in _SETUP:
+                conn.execute(stmt)
+            conn.autocommit = False
+            self._conn = conn
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+
+    def _retrying(self, stop_after: float | None) -> tenacity.Retrying:
+        stop: Any = (
+            tenacity.stop_never if stop_after is None else tenacity.stop_after_delay(stop_after)
+        )
+        return tenacity.Retrying(
+            retry=tenacity.retry_if_exception(is_transient),
+            wait=tenacity.wait_random_exponential(multiplier=0.2, max=self.max_wait),
+            stop=stop,
+            before_sleep=self._backoff.before_sleep,
+            reraise=True,
+        )
+
+    # -- loading ----------------------------------------------------------
+    def load(
+        self, batch: ParsedBatch, header_line: str | None = None, *, retry_for: float | None = -1.0
+    ) -> LoadResult:
+        """Load ``batch`` exactly once; retry transient errors (``retry_for`` seconds, None = ever).
+
+        Raises ``DatabaseUnavailable`` when the database stays away longer than that.
+        """
+        stop_after = self.retry_for if retry_for == -1.0 else retry_for
+        try:
+            for attempt in self._retrying(stop_after):
+                with attempt:
+                    try:
+                        result = self._load_splitting(
+                            batch.rows, batch.raw, batch.positions, batch.rejects,
+                            batch.days, batch.source, header_line,
+                        )  # fmt: skip
+                    except BaseException as exc:
+                        if is_transient(exc):
+                            self._drop_connection()
+                        raise
+        except BaseException as exc:
+            if is_transient(exc):
+                raise DatabaseUnavailable(
+                    f"database unavailable: {_one_line(exc)}",
+                    "the records stay in the spool; run 'pmta-pipe replay' when it is back",
+                ) from exc
+            raise
+        self._backoff.recovered()
+        return result
+
+    def _load_splitting(
+        self,
+        rows: list[list[str]],
+        raws: list[str],
+        positions: list[int],
+        rejects: list[Reject],
+        days: set[date],
+        source: str,
+        header_line: str | None,
+    ) -> LoadResult:
+        try:
+            try:
+                return self._load_once(rows, rejects, days, source, header_line)
+            except pg_errors.CheckViolation:
+                # "no partition found for row": a partition this process created was
+                # dropped since (pmta-pipe prune); forget what we knew and try again
+                self._days.clear()
+                return self._load_once(rows, rejects, days, source, header_line)
+        except psycopg.Error as exc:
+            if is_transient(exc):
+                raise
+            conn = self._conn
+            if conn is not None and not conn.closed:
+                conn.rollback()
+            if len(rows) <= 1:
+                reason = f"refused by the database: {_one_line(exc)}"
+                moved = [Reject(raws[0], reason, positions[0])] if rows else []
+                log.warning("record %s refused by the database: %s",
+                            positions[0] if rows else "?", _one_line(exc))  # fmt: skip
+                return self._load_once([], [*rejects, *moved], set(), source, header_line)
+            half = len(rows) // 2
+            log.info("splitting a batch of %d records to isolate a refused record", len(rows))
+            first = self._load_splitting(
+                rows[:half], raws[:half], positions[:half], rejects, days, source, header_line
+            )
+            second = self._load_splitting(
+                rows[half:], raws[half:], positions[half:], [], days, source, header_line
+            )
+            first.add(second)
+            return first
+
+    def _ensure_partitions(self, conn: psycopg.Connection[Any], days: set[date]) -> None:
+        missing = sorted(days - self._days)
+        if not missing:
+            return
+        conn.execute("SELECT pmta.ensure_partitions(%s::date[])", (missing,))
+        conn.commit()
+        self._days.update(missing)
+
+    def _load_once(
+        self,
+        rows: Sequence[list[str]],
+        rejects: Sequence[Reject],
+        days: set[date],
+        source: str,
+        header_line: str | None,
+    ) -> LoadResult:
+        conn = self.connection()
+        self._ensure_partitions(conn, days)
+        result = LoadResult(records=len(rows) + len(rejects))
+        try:
+            with conn.cursor() as cur:
+                if rows:
+                    buf = io.StringIO()
+                    csv.writer(buf, lineterminator="\n").writerows(rows)
+                    with cur.copy(_COPY) as copy:
+                        copy.write(buf.getvalue())
+                    cur.execute(_UPSERT)
+                    result.inserted = max(cur.rowcount, 0)
+                    cur.execute("SELECT pmta.apply_rollups()")
+                if rejects:
+                    cur.executemany(
+                        _REJECT,
+                        [
+                            (reject_id(r.raw), source, r.reason, r.raw, r.position, header_line)
+                            for r in rejects
+                        ],
+                    )
+                result.rejected = len(rejects)
+                result.duplicates = len(rows) - result.inserted
+                if self.after_load is not None:
+                    self.after_load(conn, result)
+            conn.commit()
+        except BaseException:
+            if not conn.closed:
+                try:
+                    conn.rollback()
+                except psycopg.Error:
+                    self._drop_connection()
+            raise
+        return result

@@ -1,0 +1,29 @@
+"""Shared helpers for tests: generated accounting streams and counts of them."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+import generate  # noqa: E402
+
+
+def stream(records: int, *, days: int = 3, seed: int = 1, start: str = "2026-01-01") -> bytes:
+    """A generated accounting stream (header line first) as bytes."""
+    buf = io.StringIO()
+    when = datetime.fromisoformat(start).replace(tzinfo=timezone.utc)
+    generate.write(buf, records, days=days, seed=seed, start=when)
+    return buf.getvalue().encode()
+
+
+def type_counts(data: bytes) -> Counter[str]:
+    """Records per type in an accounting stream, counted independently of pmta-pipe."""
+    rows = csv.reader(io.StringIO(data.decode()))
+    return Counter(r[0] for r in rows if r and r[0] != "type")

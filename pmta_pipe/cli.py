@@ -15,6 +15,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+import psycopg
+
 from pmta_pipe import __version__
 from pmta_pipe.config import OPTION_BY_NAME, Settings, resolve
 from pmta_pipe.errors import ConfigError, PmtaPipeError
@@ -235,6 +237,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except psycopg.OperationalError as exc:
+        if debug:
+            log.exception("database error")
+        lines = str(exc).strip().splitlines()
+        first = lines[0] if lines else type(exc).__name__
+        sys.stderr.write(
+            f"error: cannot use the database: {first} "
+            "(hint: check --dsn / PMTA_PIPE_DSN and that PostgreSQL is running)\n"
+        )
+        return 1
     except Exception as exc:  # a bug or an unexpected environment: one line, details at debug
         if debug:
             log.exception("unexpected error")

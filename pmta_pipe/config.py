@@ -23,22 +23,30 @@ from pmta_pipe.errors import ConfigError
 APP = "pmta-pipe"
 
 
+def _number(text: str, kind: type[int] | type[float]) -> float:
+    try:
+        return kind(text.strip())
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise ValueError(f"expected {what}, got {text!r}") from None
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = int(_number(text, int))
     if value < 1:
         raise ValueError("must be at least 1")
     return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
+    value = _number(text, float)
     if not value > 0:
         raise ValueError("must be more than 0")
     return value
 
 
 def _non_negative_float(text: str) -> float:
-    value = float(text)
+    value = _number(text, float)
     if value < 0:
         raise ValueError("must not be negative")
     return value

@@ -250,9 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug or an unexpected environment: one line, details at debug
         if debug:
             log.exception("unexpected error")
-        first = str(exc).strip().splitlines()
+        text = str(exc).strip().splitlines()
         sys.stderr.write(
-            f"error: {type(exc).__name__}: {first[0] if first else ''} "
+            f"error: {type(exc).__name__}: {text[0] if text else ''} "
             "(hint: run again with --log-level debug for details)\n"
         )
         return 1

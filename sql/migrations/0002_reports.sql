@@ -82,6 +82,9 @@ COMMENT ON COLUMN pmta.diag_rules.category IS 'Category shown in reports';
 COMMENT ON COLUMN pmta.diag_rules.description IS 'What the response means and what to do about it';
 
 INSERT INTO pmta.diag_rules (priority, provider, pattern, category, description) VALUES
+    -- greylisting first: its texts also say 'recipient address rejected'
+    (5, NULL, 'grey ?list|gr[ae]ylisted|^45[01] 4\.7\.[01] .*try again|^450 4\.2\.0', 'greylisting',
+     'Greylisting: the receiver asks to retry later; PowerMTA retries on its own'),
     -- Gmail
     (10, 'Gmail', '4\.7\.28', 'rate-limit',
      'Gmail 421 4.7.28: unusual rate of unsolicited mail from the DKIM domain, SPF domain or IP; rate limited'),
@@ -112,7 +115,7 @@ INSERT INTO pmta.diag_rules (priority, provider, pattern, category, description)
      'Microsoft 550 5.7.708 / 5.7.606: traffic from this IP is not accepted'),
     (24, 'Microsoft', '4\.7\.500|server busy', 'rate-limit',
      'Microsoft 451 4.7.500: server busy, try again later from this IP'),
-    (25, 'Microsoft', '5\.5\.0 .*mailbox unavailable|recipient address rejected', 'unknown-user',
+    (25, 'Microsoft', '5\.5\.0 .*mailbox unavailable', 'unknown-user',
      'Microsoft 550 5.5.0: requested action not taken, mailbox unavailable'),
     -- Yahoo (and AOL, which Yahoo operates)
     (30, 'Yahoo', 'TSS04|TS0[1-3]|temporarily deferred', 'rate-limit',
@@ -124,8 +127,6 @@ INSERT INTO pmta.diag_rules (priority, provider, pattern, category, description)
     (33, 'Yahoo', 'doesn''t have a .* account|5\.1\.1', 'unknown-user',
      'Yahoo 554/553: the recipient has no account'),
     -- any provider
-    (100, NULL, 'grey ?list|gr[ae]ylisted|^45[01] 4\.7\.[01] .*try again|^450 4\.2\.0', 'greylisting',
-     'Greylisting: the receiver asks to retry later; PowerMTA retries on its own'),
     (110, NULL, '[45]\.2\.2|mailbox (is )?full|over quota|quota exceeded|insufficient storage', 'mailbox-full',
      'The recipient''s mailbox is full'),
     (120, NULL, '5\.1\.1|user unknown|unknown user|no such user|does not exist|unknown recipient|'

@@ -54,7 +54,9 @@ SELECT day, job_id,
        pmta.rate(sum(bounced), sum(delivered) + sum(bounced))   AS bounce_rate,
        pmta.rate(sum(complaints), sum(delivered))               AS complaint_rate
 FROM pmta.daily_traffic
-GROUP BY day, job_id;
+GROUP BY day, job_id
+HAVING sum(received) + sum(delivered) + sum(bounced) + sum(deferred) + sum(complaints)
+       + sum(remote_bounces) > 0;
 
 CREATE OR REPLACE VIEW pmta.vmta_summary AS
 SELECT day, vmta, vmta_pool,
@@ -68,7 +70,8 @@ SELECT day, vmta, vmta_pool,
        pmta.rate(sum(bounced), sum(delivered) + sum(bounced) + sum(deferred))  AS bounce_rate,
        pmta.rate(sum(deferred), sum(delivered) + sum(bounced) + sum(deferred)) AS deferral_rate
 FROM pmta.daily_traffic
-GROUP BY day, vmta, vmta_pool;
+GROUP BY day, vmta, vmta_pool
+HAVING sum(received) + sum(delivered) + sum(bounced) + sum(deferred) > 0;
 
 CREATE OR REPLACE VIEW pmta.complaints AS
 SELECT day, provider, job_id, dlv_source_ip,

@@ -293,10 +293,11 @@ def test_job_vmta_and_complaint_views(loaded: Conn) -> None:
     assert same(
         got,
         [
-            # the r records carry no vmta; the tq record only counts in the diag views
+            # the tq record only counts in the diag views
             (D1, "v1", "p1", 0, 6, 2, 1, 3, 11, 6 / 8, 2 / 11, 3 / 11),
             (D1, "v2", "p2", 0, 4, 1, 0, 4, 9, 4 / 5, 1 / 9, 4 / 9),
             (D2, "v1", "p1", 0, 1, 0, 0, 0, 1, 1.0, 0.0, 0.0),
+            (D1, None, None, 5, 0, 0, 0, 0, 0, None, None, None),  # the r records
         ],
     )
     got = rows(loaded, "SELECT * FROM pmta.complaints WHERE complaints > 0")

@@ -371,3 +371,47 @@ def test_every_view_and_column_has_a_comment(conn: Conn) -> None:
              AND (a.attname IS NOT NULL OR obj_description(c.oid, 'pg_class') IS NULL)"""
     ).fetchall()
     assert missing == []
+
+
+def alert_rows() -> list[list[str]]:
+    """Traffic that opens exactly three alerts on 2026-03-02 (see test_ip_alerts)."""
+
+    def many(rtype: str, day: int, ip: str, dom: str, k: int, **kw: str) -> list[list[str]]:
+        return [
+            rec(
+                rtype,
+                f"2026-03-0{day} 08:{i // 60:02d}:{i % 60:02d}+0000",
+                f"{rtype}{i}.{ip}@{dom}",
+                dlvSourceIp=ip,
+                **kw,
+            )
+            for i in range(k)
+        ]
+
+    return [
+        *many("d", 1, "10.9.9.9", "gmail.com", 200),  # delivered on day 1 ...
+        *many("t", 2, "10.9.9.9", "gmail.com", 150),  # ... only deferrals on day 2
+        *many("d", 2, "10.9.9.8", "yahoo.com", 97),
+        *many("b", 2, "10.9.9.8", "yahoo.com", 3, bounceCat="bad-mailbox"),  # 3 % bounces
+        *many("d", 2, "10.9.9.7", "yahoo.com", 98),
+        *many("b", 2, "10.9.9.7", "yahoo.com", 2, bounceCat="bad-mailbox"),  # 2 %: not above
+        *many("d", 2, "10.9.9.6", "yahoo.com", 50),
+        *many("b", 2, "10.9.9.6", "yahoo.com", 10, bounceCat="bad-mailbox"),  # too few attempts
+    ]
+
+
+def test_ip_alerts(dsn: str, conn: Conn) -> None:
+    assert load_bytes(dsn, to_bytes(alert_rows())) == 610
+    got = rows(conn, "SELECT * FROM pmta.ip_alerts")
+    assert same(got, [
+        (D2, "10.9.9.8", None, "ip_bounce_rate", 0.03, 0.02, 100),
+        (D2, "10.9.9.9", "Gmail", "ip_provider_deferral_rate", 1.0, 0.1, 150),
+        (D2, "10.9.9.9", None, "ip_stopped_delivering", 0.0, 0.0, 150),
+    ])  # fmt: skip
+    conn.execute(
+        "UPDATE pmta.alert_thresholds SET min_attempts = 50 WHERE alert = 'ip_bounce_rate'"
+    )
+    got = rows(
+        conn, "SELECT dlv_source_ip, observed FROM pmta.ip_alerts WHERE alert = 'ip_bounce_rate'"
+    )
+    assert same(got, [("10.9.9.6", 10 / 60), ("10.9.9.8", 0.03)])

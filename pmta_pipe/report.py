@@ -1,12 +1,327 @@
-"""Terminal reports from the SQL views (``pmta-pipe report``)."""
+"""Terminal reports from the SQL views (``pmta-pipe report KIND``).
+
+Each report kind is a fixed ``Report``: the fact view it reads (``pmta.daily_traffic``,
+``pmta.daily_bounces``, ``pmta.daily_diag``, ``pmta.delivery_time_histogram`` or
+``pmta.ip_alerts``: all answered from the rollups), the columns it groups by, the
+measures it computes (the same ``sum``/``pmta.rate`` definitions as the views in
+``sql/views``), and the filters that make sense for it. A filter a report cannot
+honour (its view has no such dimension) is a one-line error naming those it can.
+
+The time window is whole UTC days: ``--since``/``--until`` (ISO timestamp, date, or
+an age such as ``24h``, ``7d``) select the days whose span overlaps
+``[since, until)``; the default is the last 24 hours, i.e. yesterday and today.
+
+SQL is built only from the fixed strings below; every value is a bound parameter.
+"""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
+import json
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
 
+import psycopg
+
+from pmta_pipe import db
 from pmta_pipe.config import Settings
-from pmta_pipe.errors import PmtaPipeError
+from pmta_pipe.errors import ConfigError, DatabaseUnavailable, PmtaPipeError
+from pmta_pipe.table import format_table
+
+#: exit code of ``report alerts --fail-on-alert`` when an alert is open
+ALERT_EXIT = 3
+
+#: report filter (argparse dest) -> (flag, column of the fact views)
+FILTERS: dict[str, tuple[str, str]] = {
+    "filter_source": ("--source", "source"),
+    "job": ("--job", "job_id"),
+    "vmta": ("--vmta", "vmta"),
+    "domain": ("--domain", "rcpt_domain"),
+}
+ALL_FILTERS = frozenset(FILTERS)
+
+_ATTEMPTS = "sum(delivered) + sum(bounced) + sum(deferred)"
+_COUNTS = {
+    name: f"sum({name})::bigint"
+    for name in ("received", "delivered", "bounced", "expired", "deferred", "complaints")
+}
+_RATES = {
+    "delivery_rate": "pmta.rate(sum(delivered), sum(delivered) + sum(bounced))",
+    "bounce_rate_db": "pmta.rate(sum(bounced), sum(delivered) + sum(bounced))",
+    "bounce_rate": f"pmta.rate(sum(bounced), {_ATTEMPTS})",
+    "deferral_rate": f"pmta.rate(sum(deferred), {_ATTEMPTS})",
+    "complaint_rate": "pmta.rate(sum(complaints), sum(delivered))",
+}
+
+
+def _m(*names: str) -> tuple[tuple[str, str], ...]:
+    out: list[tuple[str, str]] = []
+    for name in names:
+        if name == "attempts":
+            out.append((name, f"({_ATTEMPTS})::bigint"))
+        elif name == "bounce_rate_db":
+            out.append(("bounce_rate", _RATES[name]))
+        else:
+            out.append((name, _COUNTS.get(name) or _RATES[name]))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Report:
+    """One report kind: where it reads, what it groups by and computes, what it can filter."""
+
+    relation: str  # FROM clause; {where} marks where the filters go
+    keys: tuple[str, ...]
+    measures: tuple[tuple[str, str], ...]
+    order: str
+    filters: frozenset[str] = ALL_FILTERS
+    having: str = ""
+    grouped: bool = True
+    numeric_keys: frozenset[str] = field(default_factory=frozenset)
+
+
+_TRAFFIC = "pmta.daily_traffic WHERE {where}"
+_DEFERRALS = "pmta.daily_diag WHERE record_type = 't' AND {where}"
+_DIAG_FILTERS = frozenset({"filter_source", "vmta", "domain"})
+_QUANTILES = tuple(
+    (f"p{int(p * 100)}_seconds",
+     f"pmta.histogram_quantile(array_agg(bin ORDER BY bin), array_agg(n ORDER BY bin), {p})")
+    for p in (0.5, 0.9, 0.99)
+)  # fmt: skip
+
+REPORTS: dict[str, Report] = {
+    "summary": Report(
+        _TRAFFIC, ("day",),
+        _m("received", "delivered", "bounced", "expired", "deferred", "complaints",
+           "delivery_rate", "bounce_rate_db", "complaint_rate"),
+        "day",
+    ),
+    "domains": Report(
+        _TRAFFIC, ("rcpt_domain", "provider"),
+        _m("delivered", "bounced", "deferred", "delivery_rate"),
+        f"{_ATTEMPTS} DESC, rcpt_domain", having=f"{_ATTEMPTS} > 0",
+    ),
+    "providers": Report(
+        _TRAFFIC, ("provider",),
+        _m("delivered", "bounced", "deferred", "delivery_rate"),
+        f"{_ATTEMPTS} DESC, provider", having=f"{_ATTEMPTS} > 0",
+    ),
+    "ips": Report(
+        _TRAFFIC, ("dlv_source_ip",),
+        _m("delivered", "bounced", "deferred", "attempts", "bounce_rate", "deferral_rate"),
+        f"{_ATTEMPTS} DESC, dlv_source_ip", having=f"{_ATTEMPTS} > 0",
+    ),
+    "jobs": Report(
+        _TRAFFIC, ("job_id",),
+        _m("received", "delivered", "bounced", "expired", "deferred", "complaints",
+           "delivery_rate", "bounce_rate_db", "complaint_rate"),
+        f"{_ATTEMPTS} DESC, job_id",
+    ),
+    "vmtas": Report(
+        _TRAFFIC, ("vmta", "vmta_pool"),
+        _m("delivered", "bounced", "expired", "deferred", "attempts", "delivery_rate",
+           "bounce_rate", "deferral_rate"),
+        f"{_ATTEMPTS} DESC, vmta, vmta_pool", having=f"{_ATTEMPTS} > 0",
+    ),
+    "complaints": Report(
+        _TRAFFIC, ("provider", "job_id", "dlv_source_ip"),
+        _m("complaints", "delivered", "complaint_rate"),
+        "sum(complaints) DESC, provider, job_id, dlv_source_ip",
+        having="sum(complaints) > 0",
+    ),
+    "bounces": Report(
+        "pmta.daily_bounces WHERE {where}", ("provider", "bounce_cat", "bounce_class"),
+        (("n", "sum(bounced)::bigint"), ("remote_bounces", "sum(remote_bounces)::bigint")),
+        "sum(bounced) + sum(remote_bounces) DESC, provider, bounce_cat",
+    ),
+    "deferrals": Report(
+        _DEFERRALS, ("provider", "code"), (("n", "sum(n)::bigint"),),
+        "sum(n) DESC, provider, code", filters=_DIAG_FILTERS,
+    ),
+    "patterns": Report(
+        _DEFERRALS, ("provider", "pattern", "category"),
+        (("n", "sum(n)::bigint"), ("example", "min(example)")),
+        "sum(n) DESC, provider, pattern", filters=_DIAG_FILTERS,
+    ),
+    "delivery-times": Report(
+        "(SELECT provider, bin::integer AS bin, sum(n)::bigint AS n"
+        " FROM pmta.delivery_time_histogram WHERE {where} GROUP BY provider, bin) h",
+        ("provider",),
+        (("deliveries", "sum(n)::bigint"), *_QUANTILES),
+        "sum(n) DESC, provider", filters=frozenset({"filter_source", "domain"}),
+    ),
+    "alerts": Report(
+        "pmta.ip_alerts WHERE {where}",
+        ("day", "dlv_source_ip", "provider", "alert", "observed", "threshold", "attempts"),
+        (), "day, dlv_source_ip, alert, provider", filters=frozenset(), grouped=False,
+        numeric_keys=frozenset({"observed", "threshold", "attempts"}),
+    ),
+}  # fmt: skip
+
+# -- time window -----------------------------------------------------------------------
+
+_AGE = re.compile(r"(\d+)\s*([smhdw])", re.IGNORECASE)
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_OFFSET = re.compile(r"([+-]\d\d)(\d\d)$")
+
+
+def parse_when(text: str, now: datetime, flag: str) -> datetime:
+    """An age (``24h``, ``7d``: that long before ``now``), a date or an ISO timestamp, in UTC."""
+    text = text.strip()
+    m = _AGE.fullmatch(text)
+    if m:
+        return now - timedelta(seconds=int(m.group(1)) * _AGE_UNITS[m.group(2).lower()])
+    iso = _OFFSET.sub(r"\1:\2", text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
+    try:
+        when = datetime.fromisoformat(iso)
+    except ValueError:
+        raise ConfigError(
+            f"{flag} {text!r} is not a time",
+            "use an ISO timestamp (2026-01-02T15:00:00+00:00), a date (2026-01-02) "
+            "or an age (90m, 24h, 7d, 2w)",
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.astimezone(timezone.utc)
+
+
+def resolve_days(since: str | None, until: str | None, now: datetime) -> tuple[date, date]:
+    """The first and last UTC day of the window ``[since, until)``."""
+    end = parse_when(until, now, "--until") if until else now
+    start = parse_when(since, now, "--since") if since else end - timedelta(hours=24)
+    if start >= end:
+        raise ConfigError(
+            f"--since ({start.isoformat()}) is not before --until ({end.isoformat()})",
+            "give a --since earlier than --until",
+        )
+    return start.date(), (end - timedelta(microseconds=1)).date()
+
+
+# -- query -------------------------------------------------------------------------------
+
+
+def check_filters(kind: str, args: argparse.Namespace) -> dict[str, str]:
+    """The filters given for this report, refusing those its view cannot honour."""
+    spec = REPORTS[kind]
+    given = {name: getattr(args, name) for name in FILTERS if getattr(args, name, None)}
+    for name in given:
+        if name not in spec.filters:
+            flag = FILTERS[name][0]
+            can = ", ".join(FILTERS[f][0] for f in FILTERS if f in spec.filters)
+            raise ConfigError(
+                f"{flag} does not apply to the '{kind}' report (its view has no such column)",
+                f"'{kind}' can be filtered by {can}" if can else f"'{kind}' takes no filters",
+            )
+    return given
+
+
+def build_query(kind: str, filters: dict[str, str]) -> str:
+    """The report's SQL; values are bound as %(name)s parameters."""
+    spec = REPORTS[kind]
+    where = ["day >= %(since)s", "day <= %(until)s"]
+    where += [f"{FILTERS[name][1]} = %({name})s" for name in filters]
+    source = spec.relation.format(where=" AND ".join(where))
+    select = [*spec.keys, *(f"{expr} AS {name}" for name, expr in spec.measures)]
+    sql = f"SELECT {', '.join(select)} FROM {source}"
+    if spec.grouped:
+        sql += f" GROUP BY {', '.join(spec.keys)}"
+        if spec.having:
+            sql += f" HAVING {spec.having}"
+    return sql + f" ORDER BY {spec.order} LIMIT %(top)s"
+
+
+def fetch_report(
+    conn: psycopg.Connection[Any],
+    kind: str,
+    days: tuple[date, date],
+    filters: dict[str, str],
+    top: int,
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Column names and rows of a report."""
+    params: dict[str, Any] = {"since": days[0], "until": days[1], "top": top, **filters}
+    cur = conn.execute(build_query(kind, filters).encode(), params)
+    columns = [d.name for d in cur.description or ()]
+    return columns, cur.fetchall()
+
+
+# -- output ------------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready value: dates and IPs as text, numbers as numbers."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (date, datetime)):
+        return value.isoformat()
+    return str(value)
+
+
+def _cell(column: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if column.endswith("_rate"):
+            return f"{value * 100:.2f}%"
+        if column.endswith("_seconds"):
+            return f"{value:.1f}"
+        return f"{value:.4f}".rstrip("0").rstrip(".")
+    text = str(_plain(value))
+    return text if len(text) <= 100 else text[:99] + "…"
+
+
+def render(kind: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]], fmt: str) -> str:
+    """The report as text in ``fmt``: table, csv or json."""
+    if fmt == "json":
+        return (
+            json.dumps([dict(zip(columns, map(_plain, r), strict=True)) for r in rows], indent=2)
+            + "\n"
+        )
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(columns)
+        w.writerows([["" if v is None else _plain(v) for v in r] for r in rows])
+        return buf.getvalue()
+    spec = REPORTS[kind]
+    numeric = [c not in spec.keys or c in spec.numeric_keys for c in columns]
+    text = format_table(
+        columns, [[_cell(c, v) for c, v in zip(columns, r, strict=True)] for r in rows], numeric
+    )
+    return text if rows else text + "(no rows)\n"
 
 
 def run_report(settings: Settings, args: argparse.Namespace) -> int:
-    raise PmtaPipeError("not available yet")
+    """Print one report; with ``--fail-on-alert``, exit 3 when ``alerts`` has rows."""
+    kind: str = args.kind
+    if args.fail_on_alert and kind != "alerts":
+        raise ConfigError("--fail-on-alert only applies to 'report alerts'",
+                          "run 'pmta-pipe report alerts --fail-on-alert'")  # fmt: skip
+    if args.top < 1:
+        raise ConfigError("--top must be at least 1", "e.g. --top 20")
+    filters = check_filters(kind, args)
+    days = resolve_days(args.since, args.until, datetime.now(timezone.utc))
+    target = db.resolve_target(settings)
+    try:
+        with db.connect(target.conninfo, autocommit=True) as conn:
+            found = conn.execute("SELECT to_regclass('pmta.daily_traffic') IS NOT NULL")
+            row = found.fetchone()
+            if not row or not row[0]:
+                raise PmtaPipeError(f"{target.description} has no pmta report views",
+                                    "run 'pmta-pipe migrate' first")  # fmt: skip
+            columns, rows = fetch_report(conn, kind, days, filters, args.top)
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()
+        raise DatabaseUnavailable(
+            f"cannot query {target.description}: {first[0] if first else exc}",
+            "check --dsn and that PostgreSQL is running",
+        ) from exc
+    sys.stdout.write(render(kind, columns, rows, args.format))
+    if args.fail_on_alert and rows:
+        return ALERT_EXIT
+    return 0

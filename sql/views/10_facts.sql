@@ -1,0 +1,98 @@
+-- Fact views: the rollups with every dimension, NULL instead of the '' / 0.0.0.0
+-- storage sentinels, the provider joined from pmta.mailbox_providers and counts
+-- pivoted by record type. The report views and `pmta-pipe report` aggregate these.
+
+CREATE OR REPLACE VIEW pmta.daily_traffic AS
+SELECT (r.bucket AT TIME ZONE 'UTC')::date                 AS day,
+       r.source,
+       nullif(r.rcpt_domain, '')                           AS rcpt_domain,
+       coalesce(mp.provider, nullif(r.rcpt_domain, ''))    AS provider,
+       nullif(r.dlv_source_ip, '0.0.0.0'::inet)            AS dlv_source_ip,
+       nullif(r.vmta, '')                                  AS vmta,
+       nullif(r.vmta_pool, '')                             AS vmta_pool,
+       nullif(r.job_id, '')                                AS job_id,
+       coalesce(sum(r.n) FILTER (WHERE r.record_type = 'r'), 0)::bigint  AS received,
+       coalesce(sum(r.n) FILTER (WHERE r.record_type = 'd'), 0)::bigint  AS delivered,
+       coalesce(sum(r.n) FILTER (WHERE r.record_type = 'b'), 0)::bigint  AS bounced,
+       coalesce(sum(r.n) FILTER (WHERE r.record_type = 'b'
+                                   AND r.bounce_cat = 'message-expired'), 0)::bigint AS expired,
+       coalesce(sum(r.n) FILTER (WHERE r.record_type = 't'), 0)::bigint  AS deferred,
+       coalesce(sum(r.n) FILTER (WHERE r.record_type = 'f'), 0)::bigint  AS complaints,
+       coalesce(sum(r.n) FILTER (WHERE r.record_type = 'rb'), 0)::bigint AS remote_bounces
+FROM pmta.rollup_daily r
+LEFT JOIN pmta.mailbox_providers mp ON mp.domain = r.rcpt_domain
+GROUP BY r.bucket, r.source, r.rcpt_domain, mp.provider, r.dlv_source_ip, r.vmta,
+         r.vmta_pool, r.job_id;
+
+CREATE OR REPLACE VIEW pmta.daily_bounces AS
+SELECT (r.bucket AT TIME ZONE 'UTC')::date                 AS day,
+       r.source,
+       nullif(r.rcpt_domain, '')                           AS rcpt_domain,
+       coalesce(mp.provider, nullif(r.rcpt_domain, ''))    AS provider,
+       nullif(r.dlv_source_ip, '0.0.0.0'::inet)            AS dlv_source_ip,
+       nullif(r.vmta, '')                                  AS vmta,
+       nullif(r.vmta_pool, '')                             AS vmta_pool,
+       nullif(r.job_id, '')                                AS job_id,
+       nullif(r.bounce_cat, '')                            AS bounce_cat,
+       pmta.bounce_class(nullif(r.bounce_cat, ''))         AS bounce_class,
+       coalesce(sum(r.n) FILTER (WHERE r.record_type = 'b'), 0)::bigint  AS bounced,
+       coalesce(sum(r.n) FILTER (WHERE r.record_type = 'rb'), 0)::bigint AS remote_bounces
+FROM pmta.rollup_daily r
+LEFT JOIN pmta.mailbox_providers mp ON mp.domain = r.rcpt_domain
+WHERE r.record_type IN ('b', 'rb')
+GROUP BY r.bucket, r.source, r.rcpt_domain, mp.provider, r.dlv_source_ip, r.vmta,
+         r.vmta_pool, r.job_id, r.bounce_cat;
+
+CREATE OR REPLACE VIEW pmta.hourly_traffic AS
+SELECT r.bucket                                            AS time,
+       r.source,
+       nullif(r.rcpt_domain, '')                           AS rcpt_domain,
+       coalesce(mp.provider, nullif(r.rcpt_domain, ''))    AS provider,
+       nullif(r.dlv_source_ip, '0.0.0.0'::inet)            AS dlv_source_ip,
+       coalesce(sum(r.n) FILTER (WHERE r.record_type = 'r'), 0)::bigint  AS received,
+       coalesce(sum(r.n) FILTER (WHERE r.record_type = 'd'), 0)::bigint  AS delivered,
+       coalesce(sum(r.n) FILTER (WHERE r.record_type = 'b'), 0)::bigint  AS bounced,
+       coalesce(sum(r.n) FILTER (WHERE r.record_type = 'b'
+                                   AND r.bounce_cat = 'message-expired'), 0)::bigint AS expired,
+       coalesce(sum(r.n) FILTER (WHERE r.record_type = 't'), 0)::bigint  AS deferred,
+       coalesce(sum(r.n) FILTER (WHERE r.record_type = 'f'), 0)::bigint  AS complaints,
+       coalesce(sum(r.n) FILTER (WHERE r.record_type = 'rb'), 0)::bigint AS remote_bounces
+FROM pmta.rollup_hourly r
+LEFT JOIN pmta.mailbox_providers mp ON mp.domain = r.rcpt_domain
+GROUP BY r.bucket, r.source, r.rcpt_domain, mp.provider, r.dlv_source_ip;
+
+CREATE OR REPLACE VIEW pmta.daily_diag AS
+SELECT (r.bucket AT TIME ZONE 'UTC')::date                 AS day,
+       r.source,
+       r.record_type,
+       nullif(r.rcpt_domain, '')                           AS rcpt_domain,
+       coalesce(mp.provider, nullif(r.rcpt_domain, ''))    AS provider,
+       nullif(r.dlv_source_ip, '0.0.0.0'::inet)            AS dlv_source_ip,
+       nullif(r.vmta, '')                                  AS vmta,
+       nullif(r.code, '')                                  AS code,
+       nullif(r.pattern, '')                               AS pattern,
+       coalesce(rule.category, 'unclassified')             AS category,
+       r.n,
+       r.example
+FROM pmta.rollup_diag r
+LEFT JOIN pmta.mailbox_providers mp ON mp.domain = r.rcpt_domain
+LEFT JOIN LATERAL (
+    SELECT dr.category
+    FROM pmta.diag_rules dr
+    WHERE (dr.provider IS NULL OR dr.provider = coalesce(mp.provider, r.rcpt_domain))
+      AND r.pattern ~* dr.pattern
+    ORDER BY dr.priority, dr.rule_id
+    LIMIT 1
+) rule ON true;
+
+CREATE OR REPLACE VIEW pmta.delivery_time_histogram AS
+SELECT (r.bucket AT TIME ZONE 'UTC')::date                 AS day,
+       r.source,
+       nullif(r.rcpt_domain, '')                           AS rcpt_domain,
+       coalesce(mp.provider, nullif(r.rcpt_domain, ''))    AS provider,
+       r.bin,
+       pmta.delivery_bin_lower(r.bin)                      AS lower_seconds,
+       pmta.delivery_bin_upper(r.bin)                      AS upper_seconds,
+       r.n
+FROM pmta.rollup_delivery_time r
+LEFT JOIN pmta.mailbox_providers mp ON mp.domain = r.rcpt_domain;

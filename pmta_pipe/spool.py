@@ -41,7 +41,9 @@ Invariants
    emits a batch at most ``--batch-seconds`` after its first record arrived, so a
    record is durable at most that long after it was read.
 2. A segment is deleted only when every batch in it is committed (or, in replay,
-   after the whole segment was loaded). Deleting is the only acknowledgement.
+   after the whole segment was loaded). Deleting is the only acknowledgement. The
+   active segment is closed (and so deleted) as soon as all of it is committed, so
+   the age of the oldest segment is the age of the oldest record not yet loaded.
 3. A process holds an exclusive ``flock`` on every segment it owns until it deletes
    or abandons it (at exit, or when it dies: the kernel drops the lock). A segment
    nobody holds a lock on is an orphan: the next ``ingest`` (at start and every
@@ -102,7 +104,7 @@ KIND_META = 1
 KIND_BATCH = 2
 MAX_FRAME = 1 << 30
 SEGMENT_BYTES = 8 << 20  # a segment is closed once this large ...
-SEGMENT_SECONDS = 10.0  # ... or this old, so that committed records leave the disk soon
+SEGMENT_SECONDS = 60.0  # ... or this old (while the loader is behind)
 SEGMENT = re.compile(r"(\d{16})-(\d+)-(\d{6})\.seg")
 TMP = re.compile(r"\.(\d{16}-\d+-\d{6}\.seg)\.tmp")
 CORRUPT_SUFFIX = ".corrupt"
@@ -387,13 +389,14 @@ def is_locked(path: Path) -> bool:
     return False
 
 
-def count_records(path: Path) -> tuple[int, int]:
-    """(batches, records) in a segment, from frame headers only (no checksum)."""
+def count_records(path: Path) -> tuple[int, int, datetime | None]:
+    """(batches, records, first batch's received_at) of a segment, from frame headers only."""
     batches = records = 0
+    first: datetime | None = None
     try:
         with path.open("rb") as fh:
             if fh.read(len(MAGIC)) != MAGIC:
-                return 0, 0
+                return 0, 0, None
             while True:
                 head = fh.read(_FRAME.size)
                 if len(head) < _FRAME.size:
@@ -405,14 +408,17 @@ def count_records(path: Path) -> tuple[int, int]:
                     body = fh.read(_BATCH.size)
                     if len(body) < _BATCH.size:
                         break
+                    micros, _first_position, n = _BATCH.unpack(body)
+                    if first is None:
+                        first = _EPOCH + micros * _US
                     batches += 1
-                    records += _BATCH.unpack(body)[2]
+                    records += n
                     fh.seek(length - _BATCH.size, os.SEEK_CUR)
                 else:
                     fh.seek(length, os.SEEK_CUR)
     except FileNotFoundError:
         pass
-    return batches, records
+    return batches, records, first
 
 
 def move_aside(path: Path, why: str) -> None:
@@ -614,8 +620,11 @@ class SpoolWriter:
             if seg is None:
                 return
             seg.committed += 1
-            if seg.closed and seg.committed >= seg.batches:
-                self._delete(seg)
+            if seg.committed >= seg.batches:
+                if seg is self._active:
+                    self._close_active()  # nothing pending: don't keep a stale file around
+                else:
+                    self._delete(seg)
 
     def backlog(self) -> tuple[int, int]:
         """(segments, batches) this process holds that are not committed yet."""

@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("replay", help="load what is left in the spool, without reading stdin")
-    _add_options(p, (*COMMON, "source", *SPOOL))
+    _add_options(p, (*COMMON, "source", *SPOOL, "drain_timeout"))
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("status", help="database, schema, spool backlog and last commits")

@@ -129,7 +129,16 @@ def default_data_dir() -> Path:
     return platformdirs.user_data_path(APP) / "postgres"
 
 
+#: the spool folder of a system install (created 0700 by root, or by the package for ``pmta``)
+SYSTEM_SPOOL_DIR = Path("/var/spool/pmta-pipe")
+
+
 def default_spool_dir() -> Path:
+    """``/var/spool/pmta-pipe`` when running as root or when it exists and this user can
+    write it (PowerMTA runs the pipe as ``pmta``); else the user's state directory."""
+    system = SYSTEM_SPOOL_DIR
+    if os.geteuid() == 0 or (system.is_dir() and os.access(system, os.W_OK | os.X_OK)):
+        return system
     return platformdirs.user_state_path(APP) / "spool"
 
 

@@ -1,38 +1,75 @@
-"""``pmta-pipe ingest``: PowerMTA's accounting pipe (stdin) into PostgreSQL.
+"""``pmta-pipe ingest``: PowerMTA's accounting pipe (stdin) into PostgreSQL, journal first.
 
 Threads and hand-offs::
 
-    stdin --StreamReader thread--> batch queue --main thread--> parse --> Loader --> PostgreSQL
+    stdin --reader thread--> spool (append + fsync) --> pending queue
+                                                          |
+          PostgreSQL <-- Loader <-- parse <-- main thread-+ (reads back batches kept on disk only)
 
-The reader thread only cuts records and never waits for the database; the main
-thread parses each batch with the stream's current header and loads it in one
-transaction (``load``). The queue between them is bounded (``MAX_PENDING_BATCHES``).
-
-End of input, SIGTERM and SIGINT all end the same way: stop reading, load what was
-read, commit, exit 0.
+* The reader thread (``reader.StreamReader`` with ``Journal`` as its sink) cuts
+  records, journals each batch durably in the spool (``spool.SpoolWriter``) and queues
+  it. It never waits for the loader or the database: the queue holds at most
+  ``MAX_MEMORY_BATCHES`` batches (``MAX_MEMORY_BYTES``) in memory, and beyond that
+  only their place in the spool ("on disk only"); the main thread reads those back.
+* The main thread finds the database (starting the embedded one if that is the
+  target), applies migrations on the first connection, loads orphaned segments left
+  by dead processes (at start and every ``RECOVER_SECONDS``), then loads the queue in
+  order. Each committed batch is acknowledged to the spool, which deletes a segment
+  once all its batches are committed. The loader retries transient errors forever
+  (exponential backoff with jitter, capped; logged once when the database goes away
+  and once when it is back), so a database outage only makes the spool grow.
+* Spool full (``--spool-max-bytes``, every process's segments counted): the reader
+  stops reading stdin, so PowerMTA blocks (and after its write-timeout drops the
+  pipe and keeps the records in its accounting file, if one is configured); an ERROR
+  with the counts is logged when it starts and every ``FULL_LOG_SECONDS``. Nothing is
+  ever dropped by pmta-pipe.
+* End of input, SIGTERM and SIGINT all end the same way: stop reading, load what was
+  read, exit 0. If the database is unreachable then, wait up to ``--drain-timeout``
+  seconds for it, then exit 75 (EX_TEMPFAIL) with the rest durably in the spool for
+  the next ``ingest`` or ``pmta-pipe replay``.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
-import queue
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
 
 from pmta_pipe import db
 from pmta_pipe.config import Settings
+from pmta_pipe.errors import DatabaseUnavailable
 from pmta_pipe.load import Loader, LoadResult
-from pmta_pipe.migrate import apply_migrations
 from pmta_pipe.parse import RecordParser
 from pmta_pipe.reader import RawBatch, StreamReader
+from pmta_pipe.replay import (
+    EX_TEMPFAIL,
+    BatchLedger,
+    load_spooled,
+    migrating_loader,
+    recover_orphans,
+)
+from pmta_pipe.spool import BatchRef, SpooledBatch, SpoolWriter
 
 log = logging.getLogger(__name__)
 
-MAX_PENDING_BATCHES = 64
+__all__ = ["IngestSummary", "SpooledForLater", "migrating_loader", "run_ingest"]
+
+MAX_MEMORY_BATCHES = 64
+MAX_MEMORY_BYTES = 256 << 20
+RECOVER_SECONDS = 60.0
+FULL_LOG_SECONDS = 60.0
+RETRY_WAIT_MAX = 10.0  # longest pause between two attempts to reach the database
+
+
+class SpooledForLater(DatabaseUnavailable):
+    """The database stayed away after end of input; the rest is in the spool."""
+
+    exit_code = EX_TEMPFAIL
 
 
 @dataclass
@@ -42,24 +79,145 @@ class IngestSummary:
     duplicates: int
     rejected: int
     seconds: float
+    recovered_segments: int = 0
 
 
-def migrating_loader(conninfo: str, **kwargs: Any) -> Loader:
-    """A ``Loader`` that brings the schema up to date on its first connection."""
-    loader = Loader(conninfo, **kwargs)
-    original = loader.connection
-    migrated = False
+@dataclass
+class Pending:
+    """A queued batch: its place in the spool, and its records unless kept on disk only."""
 
-    def connection() -> Any:
-        nonlocal migrated
-        if not migrated:
-            with db.connect(conninfo, autocommit=True) as conn:
-                apply_migrations(conn)
-            migrated = True
-        return original()
+    ref: BatchRef | None  # None: the spool could not be written (kept in memory only)
+    batch: SpooledBatch | None
+    nbytes: int
 
-    loader.connection = connection  # type: ignore[method-assign]
-    return loader
+
+class PendingQueue:
+    """Unbounded in count, bounded in memory: ``push`` never blocks."""
+
+    def __init__(self, max_batches: int, max_bytes: int) -> None:
+        self.max_batches = max_batches
+        self.max_bytes = max_bytes
+        self._items: collections.deque[Pending] = collections.deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._in_memory = 0
+        self._memory_bytes = 0
+        self._spilling = False
+        self.spilled = 0
+
+    def push(self, batch: SpooledBatch, nbytes: int, *, durable: bool = True) -> None:
+        with self._cond:
+            room = (
+                self._in_memory < self.max_batches and self._memory_bytes + nbytes <= self.max_bytes
+            )
+            if room or not durable:
+                self._items.append(Pending(batch.ref if durable else None, batch, nbytes))
+                self._in_memory += 1
+                self._memory_bytes += nbytes
+                if self._spilling and room:
+                    self._spilling = False
+                    log.info("loader caught up: batches are queued in memory again")
+            else:
+                self._items.append(Pending(batch.ref, None, 0))
+                self.spilled += 1
+                if not self._spilling:
+                    self._spilling = True
+                    log.warning(
+                        "loader behind by %d batches: new batches are kept on disk only",
+                        len(self._items),
+                    )
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    def get(self, timeout: float) -> Pending | bool | None:
+        """The next batch; ``None`` at the end; ``False`` when ``timeout`` passed first."""
+        with self._cond:
+            if not self._items and not self._closed:
+                self._cond.wait(timeout)
+            if self._items:
+                item = self._items.popleft()
+                if item.batch is not None:
+                    self._in_memory -= 1
+                    self._memory_bytes -= item.nbytes
+                return item
+            return None if self._closed else False
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+
+class Journal:
+    """The reader's sink: journal each batch, queue it, and hold reading while the spool is full."""
+
+    def __init__(
+        self,
+        spool: SpoolWriter,
+        pending: PendingQueue,
+        at_end: Callable[[], None],
+    ) -> None:
+        self.spool = spool
+        self.pending = pending
+        self.at_end = at_end
+        self.stopping: Callable[[], bool] = lambda: False
+        self.full_seconds = 0.0
+
+    def __call__(self, raw: RawBatch | None) -> None:
+        if raw is None:
+            self.pending.close()
+            self.at_end()
+            return
+        batch = self._append(raw)
+        if batch is None:
+            return
+        self._wait_for_room()
+
+    def _append(self, raw: RawBatch) -> SpooledBatch | None:
+        failing_since: float | None = None
+        while True:
+            try:
+                batch = self.spool.append(raw.records, raw.received_at)
+            except OSError as exc:
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    log.error("cannot write the spool in %s (%s): reading stdin is held until"
+                              " it can be written", self.spool.folder, exc)  # fmt: skip
+                if self.stopping():
+                    # stopping and the disk refuses: load from memory, as without a spool
+                    log.error("stopping with %d records not journaled", len(raw.records))
+                    dummy = SpooledBatch(BatchRef("", -1), raw.records, raw.received_at, 0)
+                    self.pending.push(dummy, raw.nbytes, durable=False)
+                    return None
+                time.sleep(1.0)
+                continue
+            if failing_since is not None:
+                log.warning("spool writable again after %.0f s", time.monotonic() - failing_since)
+            self.pending.push(batch, raw.nbytes)
+            return batch
+
+    def _wait_for_room(self) -> None:
+        if self.spool.has_room():
+            return
+        started = time.monotonic()
+        logged = 0.0
+        while not self.spool.has_room() and not self.stopping():
+            if time.monotonic() - logged >= FULL_LOG_SECONDS:
+                logged = time.monotonic()
+                segments, batches = self.spool.backlog()
+                log.error(
+                    "spool full: %d bytes in %s (limit %d); %d batches in %d segments wait for"
+                    " the database; not reading stdin, so PowerMTA is blocked (held %.0f s)",
+                    self.spool.folder_bytes(), self.spool.folder, self.spool.max_bytes,
+                    batches, segments, logged - started,
+                )  # fmt: skip
+            time.sleep(0.2)
+        held = time.monotonic() - started
+        self.full_seconds += held
+        log.warning("spool has room again: reading resumed after %.1f s", held)
 
 
 def _install_signals(stop: Callable[[], None]) -> None:
@@ -72,48 +230,96 @@ def _install_signals(stop: Callable[[], None]) -> None:
 
 
 def run_ingest(settings: Settings, fd: int = 0) -> IngestSummary:
-    """Read accounting CSV from ``fd`` until end of input and load every record."""
+    """Read accounting CSV from ``fd`` until end of input; journal and load every record."""
     started = time.monotonic()
-    target = db.resolve_target(settings)
     source = settings.source_name
-    log.info("loading into %s as source %r", target.description, source)
-    loader = migrating_loader(target.conninfo)
-    pending: queue.Queue[RawBatch | None] = queue.Queue(maxsize=MAX_PENDING_BATCHES)
+    spool = SpoolWriter(settings.spool_path, source, max_bytes=settings.spool_max_bytes)
+    interrupt = threading.Event()  # set: stop waiting for an unreachable database
+
+    def at_end() -> None:
+        timer = threading.Timer(settings.drain_timeout, interrupt.set)
+        timer.daemon = True
+        timer.start()
+
+    pending = PendingQueue(MAX_MEMORY_BATCHES, MAX_MEMORY_BYTES)
+    journal = Journal(spool, pending, at_end)
     reader = StreamReader(
-        fd, pending.put, batch_rows=settings.batch_rows, batch_seconds=settings.batch_seconds
+        fd, journal, batch_rows=settings.batch_rows, batch_seconds=settings.batch_seconds
     )
+    journal.stopping = lambda: reader.stopping
     _install_signals(reader.request_stop)
-    reader.start()
+    reader.start()  # from here on, stdin is drained whatever the database does
+
     parser = RecordParser(source)
+    ledger = BatchLedger()
     total = LoadResult()
+    recovered = 0
+    loader: Loader | None = None
+    unavailable: DatabaseUnavailable | None = None
     try:
+        target = db.resolve_target(settings)
+        log.info("loading into %s as source %r; spool %s", target.description, source,
+                 spool.folder)  # fmt: skip
+        loader = migrating_loader(
+            target.conninfo, after_load=ledger, interrupt=interrupt, max_wait=RETRY_WAIT_MAX
+        )
+        recovered += _recover(spool, loader, ledger, source)
+        next_scan = time.monotonic() + RECOVER_SECONDS
         while True:
-            raw = pending.get()
-            if raw is None:
+            item = pending.get(max(0.05, next_scan - time.monotonic()))
+            if item is None:
                 break
-            batch = parser.parse(raw.records, raw.received_at)
-            if batch.headers:
-                log.info("header: %d columns", parser.header.width)
-            if not batch.records:
-                continue
-            result = loader.load(batch, parser.header_line)
-            total.add(result)
-            log.debug(
-                "batch: %d records, %d inserted, %d duplicates, %d rejected",
-                result.records, result.inserted, result.duplicates, result.rejected,
-            )  # fmt: skip
+            if isinstance(item, Pending):
+                batch = item.batch
+                if batch is None:
+                    assert item.ref is not None  # only durable batches are kept on disk only
+                    batch = spool.read_batch(item.ref)
+                result = load_spooled(loader, ledger, parser, batch)
+                if item.ref is not None:
+                    spool.committed(item.ref)
+                total.add(result)
+                log.debug(
+                    "batch: %d records, %d inserted, %d duplicates, %d rejected",
+                    result.records, result.inserted, result.duplicates, result.rejected,
+                )  # fmt: skip
+            if time.monotonic() >= next_scan:
+                recovered += _recover(spool, loader, ledger, source)
+                next_scan = time.monotonic() + RECOVER_SECONDS
+    except DatabaseUnavailable as exc:
+        unavailable = exc
     finally:
         reader.request_stop()
-        loader.close()
-    reader.join()
+        if loader is not None:
+            loader.close()
+        reader.join()
+        left = spool.close()
     if reader.error is not None:
         raise reader.error
     summary = IngestSummary(
         total.records, total.inserted, total.duplicates, total.rejected,
-        time.monotonic() - started,
+        time.monotonic() - started, recovered,
     )  # fmt: skip
     log.info(
         "done: %d records, %d inserted, %d duplicates, %d rejected in %.1f s",
         summary.records, summary.inserted, summary.duplicates, summary.rejected, summary.seconds,
     )  # fmt: skip
+    if unavailable is not None or left:
+        raise SpooledForLater(
+            f"database unreachable {settings.drain_timeout:g} s after end of input: {left} "
+            f"batches left in the spool {spool.folder}",
+            "they are loaded by the next 'pmta-pipe ingest' or by 'pmta-pipe replay'",
+        ) from unavailable
     return summary
+
+
+def _recover(spool: SpoolWriter, loader: Loader, ledger: BatchLedger, source: str) -> int:
+    """Load segments left by processes that are gone; return how many."""
+    result = recover_orphans(spool.folder, loader, ledger, source)
+    if result.segments:
+        t = result.total
+        log.warning(
+            "recovered %d spool segments left by earlier runs: %d records, %d inserted, "
+            "%d duplicates, %d rejected", result.segments, t.records, t.inserted,
+            t.duplicates, t.rejected,
+        )  # fmt: skip
+    return result.segments

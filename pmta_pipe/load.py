@@ -25,6 +25,7 @@ import csv
 import hashlib
 import io
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -132,11 +133,14 @@ class Loader:
         retry_for: float | None = None,
         max_wait: float = 30.0,
         after_load: Callable[[psycopg.Connection[Any], LoadResult], None] | None = None,
+        interrupt: threading.Event | None = None,
     ) -> None:
         self.conninfo = conninfo
         self.retry_for = retry_for  # seconds before giving up; None = never
         self.max_wait = max_wait
         self.after_load = after_load  # runs inside the batch transaction
+        # once set, transient errors are not retried any more and backoff sleeps end
+        self.interrupt = interrupt
         self._conn: psycopg.Connection[Any] | None = None
         self._days: set[date] = set()
         self._backoff = _Backoff()
@@ -166,10 +170,16 @@ class Loader:
         stop: Any = (
             tenacity.stop_never if stop_after is None else tenacity.stop_after_delay(stop_after)
         )
+        sleep: Callable[[float], Any] = time.sleep
+        interrupt = self.interrupt
+        if interrupt is not None:
+            stop = tenacity.stop_any(stop, tenacity.stop_when_event_set(interrupt))
+            sleep = interrupt.wait
         return tenacity.Retrying(
             retry=tenacity.retry_if_exception(is_transient),
             wait=tenacity.wait_random_exponential(multiplier=0.2, max=self.max_wait),
             stop=stop,
+            sleep=sleep,
             before_sleep=self._backoff.before_sleep,
             reraise=True,
         )

@@ -9,7 +9,9 @@
   threads or time limits.
 
 The reader never parses CSV beyond record boundaries (``framing``): parsing and
-loading happen elsewhere, so that reading never waits for them.
+loading happen elsewhere, so that reading never waits for them. The sink runs in
+the reader thread: ``ingest`` journals each batch to the spool there (so a batch is
+durable as soon as it is cut), and holds reading only while the spool is full.
 """
 
 from __future__ import annotations
@@ -69,6 +71,11 @@ class StreamReader(threading.Thread):
     def request_stop(self) -> None:
         """Stop reading soon: what was read so far is still handed on."""
         self._stop_requested.set()
+
+    @property
+    def stopping(self) -> bool:
+        """True once a stop was requested (a sink that waits checks this)."""
+        return self._stop_requested.is_set()
 
     def run(self) -> None:
         try:

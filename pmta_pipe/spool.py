@@ -1,0 +1,646 @@
+"""The durable local spool: every record read is journaled here before it is loaded.
+
+PowerMTA keeps nothing for a pipe, so ``pmta-pipe ingest`` appends every batch it
+reads to a segment file and makes it durable (``fsync``) before the batch is handed
+to the loader; a segment is deleted only once every batch in it is committed to
+PostgreSQL. Whatever happens next (database down, ``kill -9``, power loss), the
+next ``ingest`` or ``pmta-pipe replay`` loads what the spool holds, and the load
+is idempotent (``record_id``), so "at least once from the spool" is "exactly once
+in the database". Modelled on nsqio/go-diskqueue and Vector's disk buffer.
+
+Layout
+------
+One folder (``--spool-dir``), mode 0700, shared by every pmta-pipe process of the
+host; files are created 0600::
+
+    <start_us:016d>-<pid>-<seq:06d>.seg   a segment: batches of one process
+    .<segment name>.tmp                   a segment being created (never holds records)
+    <segment name>.corrupt                a damaged segment, moved aside (kept for people)
+
+``start_us`` is the writer's start time (microseconds since the epoch), so sorting
+names sorts segments by process start, then by sequence: the order they were written.
+
+A segment is ``MAGIC`` (8 bytes, ``PMTASPL1``) followed by frames::
+
+    frame   = marker "\\xa5\\x5a" | kind u8 | length u32 | crc32 u32 | payload
+    kind 1  = segment meta, always the first frame: JSON {"format", "source",
+              "header_line", "first_position", "pid", "host", "created"}
+    kind 2  = one batch: received_at i64 (µs since the epoch, UTC) | first_position u64
+              | n u32 | n record lengths u32 | the n records (bytes, no line break)
+
+Integers are big-endian; the CRC-32 (``zlib.crc32``) covers kind, length and payload.
+The meta makes each segment self-describing for replay: the header line in force at
+its start (the parser maps columns by header; header lines inside the segment are
+records like any other and change it from there), the source name, and the
+position of its first record. Each batch carries the time it was received (the time
+given to records without any timestamp) and the position of its first record.
+
+Invariants
+----------
+1. A batch is appended and ``fsync``-ed before it is queued for loading; the reader
+   emits a batch at most ``--batch-seconds`` after its first record arrived, so a
+   record is durable at most that long after it was read.
+2. A segment is deleted only when every batch in it is committed (or, in replay,
+   after the whole segment was loaded). Deleting is the only acknowledgement. The
+   active segment is closed (and so deleted) as soon as all of it is committed, so
+   the age of the oldest segment is the age of the oldest record not yet loaded.
+3. A process holds an exclusive ``flock`` on every segment it owns until it deletes
+   or abandons it (at exit, or when it dies: the kernel drops the lock). A segment
+   nobody holds a lock on is an orphan: the next ``ingest`` (at start and every
+   ``RECOVER_SECONDS``) or ``replay`` claims it by taking the lock and loads it.
+4. A new segment is written as ``.<name>.tmp`` (locked, meta written, fsync), then
+   renamed to its name and the folder fsync-ed: a segment visible under its name
+   always has its meta and is locked from birth, so no other process can claim it
+   half-made. A write that fails (disk full) is truncated away before it is retried.
+
+Recovery rules (``read_segment``)
+---------------------------------
+* A frame whose header or payload runs past the end of the file, a bad last frame
+  that ends exactly at the end of the file, or a zero-filled tail is a torn last
+  write (a crash between ``write`` and ``fsync``): it is ignored. Those records were
+  never durable, so nothing durable is lost.
+* Any other bad frame (bad marker, CRC mismatch, absurd length) is corruption: the
+  reader skips to the next frame that checks out and goes on, so every intact batch
+  is still loaded; the segment is then renamed ``*.corrupt`` with a warning. A
+  segment without a valid meta frame is loaded with the default header and the
+  replaying process's source, and moved aside likewise. Nothing stops the pipe.
+* Files that match none of the names above are left alone (and reported by
+  ``status``). A ``.tmp`` nobody holds a lock on is removed: it never held records.
+* Replaying a segment that was partly committed before a crash skips the batches
+  ``pmta.ingest_batches`` records as committed (by segment name and frame offset);
+  anything loaded twice anyway is recognised by ``record_id`` and not added.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import socket
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from pmta_pipe.errors import SpoolError
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"PMTASPL1"
+FORMAT = 1
+_MARK = b"\xa5\x5a"
+_FRAME = struct.Struct(">2sBII")
+_KL = struct.Struct(">BI")
+_BATCH = struct.Struct(">qQI")
+KIND_META = 1
+KIND_BATCH = 2
+MAX_FRAME = 1 << 30
+SEGMENT_BYTES = 8 << 20  # a segment is closed once this large ...
+SEGMENT_SECONDS = 60.0  # ... or this old (while the loader is behind)
+SEGMENT = re.compile(r"(\d{16})-(\d+)-(\d{6})\.seg")
+TMP = re.compile(r"\.(\d{16}-\d+-\d{6}\.seg)\.tmp")
+CORRUPT_SUFFIX = ".corrupt"
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_US = timedelta(microseconds=1)
+
+
+# -- frames -----------------------------------------------------------------------
+
+
+def encode_frame(kind: int, payload: bytes) -> bytes:
+    crc = zlib.crc32(payload, zlib.crc32(_KL.pack(kind, len(payload))))
+    return _FRAME.pack(_MARK, kind, len(payload), crc) + payload
+
+
+def encode_batch(records: Sequence[bytes], received_at: datetime, first_position: int) -> bytes:
+    micros = (received_at - _EPOCH) // _US
+    n = len(records)
+    return b"".join(
+        (
+            _BATCH.pack(micros, first_position, n),
+            struct.pack(f">{n}I", *map(len, records)),
+            *records,
+        )
+    )
+
+
+@dataclass(frozen=True)
+class BatchRef:
+    """Where a batch is: its segment's file name and the byte offset of its frame."""
+
+    segment: str
+    offset: int
+
+
+@dataclass
+class SpooledBatch:
+    """One batch as journaled: whole records, when they arrived, first record position."""
+
+    ref: BatchRef
+    records: list[bytes]
+    received_at: datetime
+    first_position: int
+
+
+def decode_batch(payload: bytes, ref: BatchRef) -> SpooledBatch:
+    micros, first, n = _BATCH.unpack_from(payload, 0)
+    lengths = struct.unpack_from(f">{n}I", payload, _BATCH.size)
+    pos = _BATCH.size + 4 * n
+    records = []
+    for size in lengths:
+        records.append(payload[pos : pos + size])
+        pos += size
+    if pos != len(payload):
+        raise ValueError("batch lengths do not add up")
+    return SpooledBatch(ref, records, _EPOCH + micros * _US, first)
+
+
+@dataclass
+class SegmentMeta:
+    """The first frame of a segment: what replaying it needs to know."""
+
+    source: str
+    header_line: str | None
+    first_position: int
+    pid: int = 0
+    host: str = ""
+    created: str = ""
+
+    def encode(self) -> bytes:
+        return json.dumps({"format": FORMAT, **self.__dict__}, ensure_ascii=False).encode()
+
+    @classmethod
+    def decode(cls, payload: bytes) -> SegmentMeta:
+        data: dict[str, Any] = json.loads(payload)
+        return cls(
+            source=str(data["source"]),
+            header_line=data.get("header_line"),
+            first_position=int(data.get("first_position", 1)),
+            pid=int(data.get("pid", 0)),
+            host=str(data.get("host", "")),
+            created=str(data.get("created", "")),
+        )
+
+
+@dataclass
+class SegmentReading:
+    """What ``read_segment`` found in one file."""
+
+    name: str
+    meta: SegmentMeta | None = None
+    batches: list[SpooledBatch] = field(default_factory=list)
+    torn_bytes: int = 0  # an incomplete last write, ignored
+    corrupt_bytes: int = 0  # damaged bytes skipped
+
+    @property
+    def damaged(self) -> bool:
+        return self.meta is None or self.corrupt_bytes > 0
+
+    @property
+    def records(self) -> int:
+        return sum(len(b.records) for b in self.batches)
+
+
+def _frame_at(data: bytes, pos: int) -> tuple[str, int, bytes, int]:
+    """('ok', kind, payload, end) | ('torn', ...) | ('bad', ...)."""
+    if pos + _FRAME.size > len(data):
+        return "torn", 0, b"", len(data)
+    mark, kind, length, crc = _FRAME.unpack_from(data, pos)
+    if mark != _MARK or kind not in (KIND_META, KIND_BATCH) or length > MAX_FRAME:
+        return "bad", 0, b"", pos
+    end = pos + _FRAME.size + length
+    if end > len(data):
+        return "torn", 0, b"", len(data)
+    payload = data[pos + _FRAME.size : end]
+    if zlib.crc32(payload, zlib.crc32(_KL.pack(kind, length))) != crc:
+        return ("torn" if end == len(data) else "bad"), 0, b"", end
+    return "ok", kind, payload, end
+
+
+def _resync(data: bytes, pos: int) -> int | None:
+    """The offset of the next intact frame after ``pos``, if any."""
+    at = data.find(_MARK, pos + 1)
+    while at >= 0:
+        if _frame_at(data, at)[0] == "ok":
+            return at
+        at = data.find(_MARK, at + 1)
+    return None
+
+
+def parse_segment(data: bytes, name: str) -> SegmentReading:
+    """Decode a segment's bytes, applying the recovery rules of the module docstring."""
+    out = SegmentReading(name)
+    if data.startswith(MAGIC):
+        pos = len(MAGIC)
+    else:
+        if not data.strip(b"\0"):
+            out.torn_bytes = len(data)  # created, never written: nothing in it
+            return out
+        nxt = _resync(data, 0)
+        out.corrupt_bytes += len(data) if nxt is None else nxt
+        if nxt is None:
+            return out
+        pos = nxt
+    first = True
+    while pos < len(data):
+        status, kind, payload, end = _frame_at(data, pos)
+        if status == "ok":
+            try:
+                if kind == KIND_META and first:
+                    out.meta = SegmentMeta.decode(payload)
+                elif kind == KIND_BATCH:
+                    out.batches.append(decode_batch(payload, BatchRef(name, pos)))
+                else:
+                    out.corrupt_bytes += end - pos  # a meta frame out of place
+            except (ValueError, KeyError, TypeError, struct.error):
+                out.corrupt_bytes += end - pos  # checksum fine, content not: a bug or a forgery
+            first = False
+            pos = end
+            continue
+        if status == "torn" or not data[pos:].strip(b"\0"):
+            out.torn_bytes = len(data) - pos
+            break
+        nxt = _resync(data, pos)
+        if nxt is None:
+            out.corrupt_bytes += len(data) - pos
+            break
+        out.corrupt_bytes += nxt - pos
+        first = False
+        pos = nxt
+    return out
+
+
+def read_segment(path: Path, fd: int | None = None) -> SegmentReading:
+    """Read and decode one segment file (through ``fd`` when the caller holds it open)."""
+    if fd is None:
+        data = path.read_bytes()
+    else:
+        size = os.fstat(fd).st_size
+        data = os.pread(fd, size, 0)
+    return parse_segment(data, path.name)
+
+
+# -- folder -----------------------------------------------------------------------
+
+
+def prepare_folder(folder: Path) -> Path:
+    """Create the spool folder (0700) if needed and check that it can be written."""
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = folder.stat()
+        if st.st_uid == os.geteuid() and st.st_mode & 0o077:
+            folder.chmod(0o700)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(f"no write permission on {folder}")
+    except OSError as exc:
+        raise SpoolError(
+            f"cannot use the spool folder {folder}: {exc.strerror or exc}",
+            "set --spool-dir (PMTA_PIPE_SPOOL_DIR) to a folder the PowerMTA user can write",
+        ) from None
+    return folder
+
+
+def fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class SegmentFile:
+    """A file in the spool folder, from its name and ``stat``."""
+
+    path: Path
+    size: int
+    mtime: float
+    kind: str  # "segment", "tmp", "corrupt" or "stray"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def pid(self) -> int | None:
+        m = SEGMENT.fullmatch(self.name)
+        return int(m.group(2)) if m else None
+
+
+def list_files(folder: Path) -> list[SegmentFile]:
+    """Every file of the spool folder, segments first in write order."""
+    out: list[SegmentFile] = []
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return out
+    for entry in entries:
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue  # deleted meanwhile
+        if not entry.is_file(follow_symlinks=False):
+            kind = "stray"
+        elif SEGMENT.fullmatch(entry.name):
+            kind = "segment"
+        elif TMP.fullmatch(entry.name):
+            kind = "tmp"
+        elif entry.name.endswith(CORRUPT_SUFFIX):
+            kind = "corrupt"
+        else:
+            kind = "stray"
+        out.append(SegmentFile(Path(entry.path), st.st_size, st.st_mtime, kind))
+    order = {"segment": 0, "tmp": 1, "corrupt": 2, "stray": 3}
+    out.sort(key=lambda f: (order[f.kind], f.name))
+    return out
+
+
+def claim(path: Path) -> int | None:
+    """Open and lock a segment nobody holds; ``None`` when it is in use or gone."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # the owner may have deleted it between our open and our lock
+        if os.stat(path).st_ino != os.fstat(fd).st_ino:
+            raise FileNotFoundError(path)
+    except (BlockingIOError, FileNotFoundError):
+        os.close(fd)
+        return None
+    return fd
+
+
+def is_locked(path: Path) -> bool:
+    """True when a live process holds the segment."""
+    fd = claim(path)
+    if fd is None:
+        return path.exists()
+    os.close(fd)
+    return False
+
+
+def count_records(path: Path) -> tuple[int, int, datetime | None]:
+    """(batches, records, first batch's received_at) of a segment, from frame headers only."""
+    batches = records = 0
+    first: datetime | None = None
+    try:
+        with path.open("rb") as fh:
+            if fh.read(len(MAGIC)) != MAGIC:
+                return 0, 0, None
+            while True:
+                head = fh.read(_FRAME.size)
+                if len(head) < _FRAME.size:
+                    break
+                mark, kind, length, _crc = _FRAME.unpack(head)
+                if mark != _MARK or length > MAX_FRAME:
+                    break
+                if kind == KIND_BATCH:
+                    body = fh.read(_BATCH.size)
+                    if len(body) < _BATCH.size:
+                        break
+                    micros, _first_position, n = _BATCH.unpack(body)
+                    if first is None:
+                        first = _EPOCH + micros * _US
+                    batches += 1
+                    records += n
+                    fh.seek(length - _BATCH.size, os.SEEK_CUR)
+                else:
+                    fh.seek(length, os.SEEK_CUR)
+    except FileNotFoundError:
+        pass
+    return batches, records, first
+
+
+def move_aside(path: Path, why: str) -> None:
+    """Rename a damaged segment to ``*.corrupt`` so it is never loaded again."""
+    target = path.with_name(path.name + CORRUPT_SUFFIX)
+    with contextlib.suppress(FileNotFoundError):
+        os.rename(path, target)
+        log.warning("spool segment %s is damaged (%s): moved aside to %s", path.name, why, target)
+
+
+# -- header detection (the reader thread's share of parsing) -----------------------------
+
+
+def is_header_record(record: bytes) -> bool:
+    """True for a header line (first field ``type``), as ``parse`` decides."""
+    first = record.split(b",", 1)[0].decode("utf-8", "replace").lstrip("\ufeff").strip()
+    if len(first) >= 2 and first[0] == first[-1] == '"':
+        first = first[1:-1].strip()
+    return first.lower() == "type"
+
+
+def scan_records(records: Sequence[bytes]) -> tuple[int, str | None]:
+    """(records that take a position, last header line among them or ``None``)."""
+    header: bytes | None = None
+    headers = 0
+    for rec in records:
+        if b"type" in rec[:12].lower() and is_header_record(rec):
+            header = rec
+            headers += 1
+    line = None if header is None else header.decode("utf-8", "replace").rstrip("\r\n")
+    return len(records) - headers, line
+
+
+# -- the writer ----------------------------------------------------------------------
+
+
+@dataclass
+class _Owned:
+    name: str
+    fd: int
+    size: int
+    created: float
+    batches: int = 0
+    committed: int = 0
+    closed: bool = False
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+class SpoolWriter:
+    """The segments of one ``ingest`` process: append (durably), read back, acknowledge.
+
+    ``append`` runs in the reader thread, ``read_batch`` and ``committed`` in the
+    loading thread; one lock guards the bookkeeping (never held across a database call).
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        source: str,
+        *,
+        max_bytes: int,
+        segment_bytes: int = SEGMENT_BYTES,
+        segment_seconds: float = SEGMENT_SECONDS,
+    ) -> None:
+        self.folder = prepare_folder(folder)
+        self.source = source
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
+        self.segment_seconds = segment_seconds
+        self.started_us = time.time_ns() // 1000
+        self.pid = os.getpid()
+        self.host = socket.gethostname()
+        self.header_line: str | None = None
+        self.next_position = 1
+        self._seq = 0
+        self._lock = threading.Lock()
+        self._owned: dict[str, _Owned] = {}
+        self._active: _Owned | None = None
+        self._folder_bytes = 0
+        self._scanned_at = -1e9
+        self.appended_batches = 0
+        self.appended_bytes = 0
+
+    # -- appending (reader thread) --------------------------------------------
+    def append(self, records: list[bytes], received_at: datetime) -> SpooledBatch:
+        """Journal one batch durably; return it with its place in the spool."""
+        positioned, header = scan_records(records)
+        with self._lock:
+            seg = self._active
+            if (
+                seg is None
+                or seg.size >= self.segment_bytes
+                or time.monotonic() - seg.created >= self.segment_seconds
+            ):
+                seg = self._rotate()
+            first = self.next_position
+            frame = encode_frame(KIND_BATCH, encode_batch(records, received_at, first))
+            offset = seg.size
+            try:
+                _write_all(seg.fd, frame)
+                os.fdatasync(seg.fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(seg.fd, offset)
+                self._close_active()  # the next attempt starts a fresh segment
+                raise
+            seg.size += len(frame)
+            seg.batches += 1
+            self.next_position += positioned
+            if header is not None:
+                self.header_line = header
+            self.appended_batches += 1
+            self.appended_bytes += len(frame)
+            self._folder_bytes += len(frame)
+        return SpooledBatch(BatchRef(seg.name, offset), records, received_at, first)
+
+    def _rotate(self) -> _Owned:
+        self._close_active()
+        name = f"{self.started_us:016d}-{self.pid}-{self._seq:06d}.seg"
+        self._seq += 1
+        tmp = self.folder / f".{name}.tmp"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            meta = SegmentMeta(
+                self.source, self.header_line, self.next_position, self.pid, self.host,
+                datetime.now(timezone.utc).isoformat(),
+            )  # fmt: skip
+            head = MAGIC + encode_frame(KIND_META, meta.encode())
+            _write_all(fd, head)
+            os.fsync(fd)
+            os.rename(tmp, self.folder / name)
+            fsync_folder(self.folder)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        seg = _Owned(name, fd, len(head), time.monotonic())
+        self._owned[name] = seg
+        self._active = seg
+        self._folder_bytes += len(head)
+        return seg
+
+    def _close_active(self) -> None:
+        seg, self._active = self._active, None
+        if seg is not None:
+            seg.closed = True
+            if seg.committed >= seg.batches:
+                self._delete(seg)
+
+    def _delete(self, seg: _Owned) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.folder / seg.name)  # unlinked while still locked: see claim()
+        os.close(seg.fd)
+        self._owned.pop(seg.name, None)
+        self._folder_bytes -= seg.size
+
+    # -- room ------------------------------------------------------------------
+    def folder_bytes(self) -> int:
+        """Bytes of all segments in the folder (every process), rescanned each second."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self._scanned_at >= 1.0:
+                self._folder_bytes = sum(
+                    f.size for f in list_files(self.folder) if f.kind == "segment"
+                )
+                self._scanned_at = now
+            return self._folder_bytes
+
+    def has_room(self) -> bool:
+        return self.folder_bytes() < self.max_bytes
+
+    # -- loading side ---------------------------------------------------------
+    def read_batch(self, ref: BatchRef) -> SpooledBatch:
+        """Read a batch back (one that was kept on disk only)."""
+        with self._lock:
+            seg = self._owned.get(ref.segment)
+            if seg is None:
+                raise SpoolError(f"spool segment {ref.segment} is no longer held")
+            head = os.pread(seg.fd, _FRAME.size, ref.offset)
+            _mark, kind, length, _crc = _FRAME.unpack(head)
+            data = head + os.pread(seg.fd, length, ref.offset + _FRAME.size)
+        status, kind, payload, _end = _frame_at(data, 0)
+        if status != "ok" or kind != KIND_BATCH:
+            raise SpoolError(f"spool segment {ref.segment}: batch at {ref.offset} is damaged")
+        return decode_batch(payload, ref)
+
+    def committed(self, ref: BatchRef) -> None:
+        """The batch at ``ref`` is committed; delete its segment once all of it is."""
+        with self._lock:
+            seg = self._owned.get(ref.segment)
+            if seg is None:
+                return
+            seg.committed += 1
+            if seg.committed >= seg.batches:
+                if seg is self._active:
+                    self._close_active()  # nothing pending: don't keep a stale file around
+                else:
+                    self._delete(seg)
+
+    def backlog(self) -> tuple[int, int]:
+        """(segments, batches) this process holds that are not committed yet."""
+        with self._lock:
+            return len(self._owned), sum(s.batches - s.committed for s in self._owned.values())
+
+    def close(self) -> int:
+        """Delete what is committed, release the rest for recovery; return batches left."""
+        with self._lock:
+            self._close_active()
+            left = 0
+            for seg in list(self._owned.values()):
+                if seg.committed >= seg.batches:
+                    self._delete(seg)
+                else:
+                    left += seg.batches - seg.committed
+                    os.close(seg.fd)
+            self._owned.clear()
+            return left

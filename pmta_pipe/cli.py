@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help="files, folders or globs; - for stdin")
     _add_options(p, (*COMMON, "source", "batch_rows"))
     p.add_argument("--force", action="store_true", help="re-read files the ledger marks as done")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="summary format on stdout (default text)")  # fmt: skip
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("replay", help="load what is left in the spool, without reading stdin")
@@ -140,7 +142,7 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
     from pmta_pipe.importer import run_import
 
-    return run_import(settings, args.paths, force=args.force)
+    return run_import(settings, args.paths, force=args.force, fmt=args.format)
 
 
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:

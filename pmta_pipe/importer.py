@@ -42,20 +42,16 @@ imported, and the run exits 1 after its summary.
 
 from __future__ import annotations
 
-import fnmatch
-import glob
-import hashlib
 import json
 import logging
-import os
+import multiprocessing
 import queue
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 import psycopg
@@ -63,6 +59,7 @@ import psycopg
 from pmta_pipe import compression, db, ledger
 from pmta_pipe.config import Settings
 from pmta_pipe.errors import DatabaseUnavailable, PmtaPipeError
+from pmta_pipe.inputs import STDIN, FilePlan, find_inputs, plan_file
 from pmta_pipe.load import Loader, LoadResult
 from pmta_pipe.migrate import apply_migrations
 from pmta_pipe.parse import ParsedBatch, RecordParser
@@ -71,35 +68,9 @@ from pmta_pipe.reader import iter_batches
 
 log = logging.getLogger(__name__)
 
-STDIN = "-"
-NAME_PATTERNS = ("acct*", "*.csv", "*.csv.*")
 HOLD_TAIL_SECONDS = 300.0
 MAX_PENDING_BATCHES = 4
 RETRY_FOR = 120.0  # seconds the database may be away before the import gives up
-_GLOB_CHARS = frozenset("*?[")
-
-
-@dataclass
-class FilePlan:
-    """One input and what the ledger says to do with it."""
-
-    name: str  # absolute path, or "-"
-    size: int | None = None
-    mtime: datetime | None = None
-    kind: str = "plain"
-    fingerprint: str = ""
-    fingerprint_bytes: int = 0
-    action: str = "read"  # read (from the start), resume, skip, fail
-    seek_to: int = 0  # resume: decompressed byte offset (plain files only)
-    skip_records: int = 0  # resume: records already committed, to pass over
-    records_read: int = 0  # resume: what the ledger counted so far
-    header_line: str | None = None
-    next_position: int = 1
-    note: str = ""
-
-    @property
-    def ledgered(self) -> bool:
-        return self.name != STDIN
 
 
 @dataclass
@@ -147,129 +118,6 @@ class ImportSummary:
         }
 
 
-# -- which files -----------------------------------------------------------------
-
-
-def _has_header_line(path: Path) -> bool:
-    try:
-        with path.open("rb") as raw:
-            kind = compression.detect(raw.read(compression.HEAD_BYTES))
-            raw.seek(0)
-            guard, _ = compression.open_records(cast(BinaryIO, raw), kind)
-            first = guard.read(4096)[:4096].split(b"\n", 1)[0]
-    except OSError:
-        return False
-    return first.lstrip(b"\xef\xbb\xbf").split(b",", 1)[0].strip().lower() == b"type"
-
-
-def is_accounting_file(path: Path) -> bool:
-    """For files found in folders: by name, else by a PowerMTA header on the first line."""
-    name = path.name.lower()
-    if any(fnmatch.fnmatchcase(name, p) for p in NAME_PATTERNS):
-        return True
-    return _has_header_line(path)
-
-
-def _walk(folder: Path) -> Iterator[Path]:
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            p = Path(root, name)
-            if not name.startswith(".") and p.is_file() and is_accounting_file(p):
-                yield p
-
-
-def find_inputs(paths: Sequence[str]) -> list[str]:
-    """Files, folders and globs -> absolute file paths (and ``-``), in order, once each."""
-    found: list[str] = []
-    seen: set[str] = set()
-
-    def add(name: str) -> None:
-        if name not in seen:
-            seen.add(name)
-            found.append(name)
-
-    for arg in paths:
-        if arg == STDIN:
-            add(STDIN)
-            continue
-        p = Path(arg).expanduser()
-        if p.exists():
-            matches = [p]
-        elif _GLOB_CHARS & set(arg):
-            matches = [Path(m) for m in sorted(glob.glob(str(p), recursive=True))]
-        else:
-            matches = []
-        if not matches:
-            raise PmtaPipeError(
-                f"no such file or folder: {arg}", "check the path; quote globs so that "
-                "pmta-pipe expands them"
-            )  # fmt: skip
-        for m in matches:
-            if m.is_dir():
-                for f in _walk(m):
-                    add(str(f.resolve()))
-            else:
-                add(str(m.resolve()))
-    return found
-
-
-# -- what to do with each file ----------------------------------------------------
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def plan_file(conn: psycopg.Connection[Any] | None, name: str, *, force: bool) -> FilePlan:
-    """Read a file's first 64 KiB and its ledger row, and decide what to do."""
-    plan = FilePlan(name)
-    if name == STDIN:
-        plan.mtime = datetime.now(timezone.utc)
-        plan.kind = compression.detect(cast(Any, sys.stdin.buffer).peek(compression.HEAD_BYTES))
-        return plan
-    try:
-        st = os.stat(name)
-        with open(name, "rb") as f:
-            head = f.read(ledger.FINGERPRINT_BYTES)
-    except OSError as exc:
-        plan.action, plan.note = "fail", f"cannot read: {exc.strerror or exc}"
-        return plan
-    plan.size = st.st_size
-    plan.mtime = datetime.fromtimestamp(st.st_mtime, timezone.utc)
-    plan.kind = compression.detect(head)
-    plan.fingerprint, plan.fingerprint_bytes = _sha(head), len(head)
-    if force or conn is None:
-        plan.note = "forced" if force else ""
-        return plan
-    row = ledger.fetch_row(conn, name)
-    if row is None:
-        copy = ledger.find_completed_copy(conn, plan.fingerprint, st.st_size, name)
-        if copy is not None:
-            plan.action, plan.note = "skip", f"same content as {copy}"
-        return plan
-    same = st.st_size >= row.fingerprint_bytes and _sha(head[: row.fingerprint_bytes]) == (
-        row.fingerprint
-    )
-    if not same or st.st_size < row.size:
-        plan.note = "changed since last import: read again"
-        return plan
-    if row.completed and st.st_size == row.size:
-        plan.action, plan.note = "skip", "unchanged"
-        return plan
-    plan.action = "resume"
-    plan.records_read = row.records_read
-    plan.next_position = row.records + 1
-    if row.completed and plan.kind == "plain" and row.bytes_done is not None:
-        plan.seek_to = row.bytes_done
-        plan.header_line = row.header_line
-        plan.note = f"grown by {st.st_size - row.size} bytes: reading the rest"
-    else:
-        plan.skip_records = row.records_read
-        plan.note = f"resuming after {row.records_read} records"
-    return plan
-
-
 # -- reading (its own thread) -------------------------------------------------------
 
 
@@ -308,7 +156,12 @@ class FileReader(threading.Thread):
     """Reads, decompresses, cuts and parses every planned file, in order, into ``out``."""
 
     def __init__(
-        self, plans: list[FilePlan], out: queue.Queue[_Message], *, source: str, batch_rows: int
+        self,
+        plans: Iterable[FilePlan],
+        out: queue.Queue[_Message],
+        *,
+        source: str,
+        batch_rows: int,
     ) -> None:
         super().__init__(name="pmta-pipe-import-reader", daemon=True)
         self.plans = plans
@@ -436,6 +289,7 @@ def import_files(
     paths: Sequence[str],
     *,
     force: bool = False,
+    jobs: int = 1,
     progress: Progress | None = None,
 ) -> ImportSummary:
     """Import ``paths`` (files, folders, globs, ``-``); the library entry point."""
@@ -465,8 +319,14 @@ def import_files(
                 log.error("%s: %s", p.name, p.note)
         total_bytes = sum((p.size or 0) - p.seek_to for p in todo)
         bar = progress or make_progress(total_bytes, len(todo))
+        jobs = min(jobs, len(todo))
+        if any(p.name == STDIN for p in todo):
+            jobs = 1  # standard input belongs to this process
         try:
-            _load_all(settings, target.conninfo, ledger_conn, todo, source, bar, summary)
+            if jobs <= 1:
+                _load_all(settings, target.conninfo, ledger_conn, todo, source, bar, summary.files)
+            else:
+                _load_in_workers(settings, target.conninfo, todo, source, bar, summary, jobs)
         finally:
             bar.close()
     summary.seconds = time.monotonic() - started
@@ -477,10 +337,10 @@ def _load_all(
     settings: Settings,
     conninfo: str,
     ledger_conn: psycopg.Connection[Any],
-    plans: list[FilePlan],
+    plans: Iterable[FilePlan],
     source: str,
     bar: Progress,
-    summary: ImportSummary,
+    outcomes: list[FileOutcome],
 ) -> None:
     checkpoint = _Checkpoint()
     loader = Loader(conninfo, retry_for=RETRY_FOR, after_load=checkpoint.write)
@@ -505,8 +365,8 @@ def _load_all(
                         mtime=plan.mtime, compression=plan.kind, source=source,
                         fresh=plan.action == "read",
                     )  # fmt: skip
-                log.info("%s: %s %s", plan.name, plan.kind, plan.note or "reading")
-                bar.start_file(Path(plan.name).name or plan.name, plan.size)
+                log.info("%s: %s, %s", plan.name, plan.kind, plan.note or "reading")
+                bar.start_file(plan.name, plan.size)
             elif isinstance(msg, _Batch):
                 checkpoint.records_read, checkpoint.header_line = msg.records_read, msg.header_line
                 if msg.parsed.records:
@@ -515,10 +375,10 @@ def _load_all(
                     current.inserted += result.inserted
                     current.duplicates += result.duplicates
                     current.rejected += result.rejected
-                bar.advance(msg.raw_bytes, msg.parsed.records)
+                bar.advance(plan.name, msg.raw_bytes, msg.parsed.records)
             else:
                 _finish(ledger_conn, msg, current, bar)
-                summary.files.append(current)
+                outcomes.append(current)
     except DatabaseUnavailable as exc:
         raise DatabaseUnavailable(
             exc.message,
@@ -531,6 +391,103 @@ def _load_all(
         reader.join(timeout=5)
     if reader.error is not None:
         raise reader.error
+
+
+# -- several files at once: worker processes -----------------------------------------
+
+
+class _QueueProgress:
+    """Progress of a worker process, sent to the parent, which draws it."""
+
+    def __init__(self, events: Any) -> None:
+        self.events = events
+
+    def start_file(self, name: str, size: int | None) -> None:
+        self.events.put(("start", name, size))
+
+    def advance(self, name: str, nbytes: int, records: int) -> None:
+        self.events.put(("advance", name, nbytes, records))
+
+    def end_file(self, name: str, records: int, note: str) -> None:
+        self.events.put(("end", name, records, note))
+
+    def close(self) -> None:
+        pass
+
+
+def _work(settings: Settings, conninfo: str, source: str, tasks: Any, events: Any) -> None:
+    """A worker process: import the plans it takes from ``tasks`` until a ``None``."""
+    logging.basicConfig(
+        level=settings.log_level, stream=sys.stderr,
+        format="%(asctime)s pmta-pipe[%(process)d] %(levelname)s %(message)s",
+    )  # fmt: skip
+    outcomes: list[FileOutcome] = []
+    try:
+        with db.connect(conninfo, autocommit=True) as conn:
+            plans = iter(tasks.get, None)
+            _load_all(settings, conninfo, conn, plans, source, _QueueProgress(events), outcomes)
+        events.put(("done", outcomes, None))
+    except PmtaPipeError as exc:
+        events.put(("done", outcomes, (type(exc).__name__, exc.message, exc.hint)))
+    except BaseException as exc:
+        events.put(("done", outcomes, ("PmtaPipeError", f"{type(exc).__name__}: {exc}", None)))
+
+
+def _load_in_workers(
+    settings: Settings,
+    conninfo: str,
+    plans: list[FilePlan],
+    source: str,
+    bar: Progress,
+    summary: ImportSummary,
+    jobs: int,
+) -> None:
+    """``jobs`` processes, each with its own connection, take files largest first."""
+    ctx = multiprocessing.get_context("spawn")  # no inherited connections or threads
+    tasks: Any = ctx.Queue()
+    events: Any = ctx.Queue()
+    for plan in sorted(plans, key=lambda p: -(p.size or 0)):
+        tasks.put(plan)
+    for _ in range(jobs):
+        tasks.put(None)
+    workers = [
+        ctx.Process(target=_work, args=(settings, conninfo, source, tasks, events), daemon=True)
+        for _ in range(jobs)
+    ]
+    for w in workers:
+        w.start()
+    failure: tuple[str, str, str | None] | None = None
+    running = jobs
+    try:
+        while running:
+            try:
+                event = events.get(timeout=0.5)
+            except queue.Empty:
+                if not any(w.is_alive() for w in workers) and events.empty():
+                    failure = failure or ("PmtaPipeError", "an import process died", None)
+                    break
+                continue
+            kind = event[0]
+            if kind == "start":
+                bar.start_file(event[1], event[2])
+            elif kind == "advance":
+                bar.advance(event[1], event[2], event[3])
+            elif kind == "end":
+                bar.end_file(event[1], event[2], event[3])
+            else:
+                running -= 1
+                summary.files.extend(event[1])
+                failure = failure or event[2]
+    finally:
+        for w in workers:
+            w.join(timeout=5 if failure is None else 0.5)
+            if w.is_alive():
+                w.terminate()
+                w.join()
+    if failure is not None:
+        name, message, hint = failure
+        cls = DatabaseUnavailable if name == "DatabaseUnavailable" else PmtaPipeError
+        raise cls(message, hint)
 
 
 def _finish(
@@ -550,13 +507,18 @@ def _finish(
             completed=not msg.error and not msg.held_back, bytes_done=msg.bytes_done,
             error=msg.error,
         )  # fmt: skip
-    bar.end_file(Path(plan.name).name, current.records, current.status)
+    bar.end_file(plan.name, current.records, current.status)
 
 
 def run_import(
-    settings: Settings, paths: Sequence[str], *, force: bool = False, fmt: str = "text"
+    settings: Settings,
+    paths: Sequence[str],
+    *,
+    force: bool = False,
+    fmt: str = "text",
+    jobs: int = 1,
 ) -> int:
     """``pmta-pipe import``: import, print the summary on stdout; 1 when a file failed."""
-    summary = import_files(settings, paths, force=force)
+    summary = import_files(settings, paths, force=force, jobs=jobs)
     _print_summary(summary, fmt)
     return 1 if summary.total("failed") else 0

@@ -76,11 +76,48 @@ def decompressor(raw: BinaryIO, kind: str) -> BinaryIO:
     if kind == "xz":
         return cast(BinaryIO, lzma.LZMAFile(raw, mode="rb"))
     if kind == "zstd":
+        return cast(BinaryIO, ZstdReader(raw))
+    return raw
+
+
+class TruncatedError(EOFError):
+    """The compressed data ended inside a frame."""
+
+
+class ZstdReader:
+    """Decompresses every zstd frame of ``raw`` in turn; a cut-off last frame is an error.
+
+    (``zstandard``'s own stream reader ends quietly at a truncated frame.)
+    """
+
+    def __init__(self, raw: BinaryIO) -> None:
         import zstandard
 
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-        return cast(BinaryIO, reader)
-    return raw
+        self._zstd = zstandard
+        self.raw = raw
+        self._dobj = zstandard.ZstdDecompressor().decompressobj()
+        self._in_frame = False
+
+    def read1(self, size: int = -1) -> bytes:
+        while True:
+            chunk = self.raw.read(1 << 16)
+            if not chunk:
+                if self._in_frame:
+                    raise TruncatedError("compressed file ended inside a zstd frame")
+                return b""
+            out = b""
+            while chunk:
+                self._in_frame = True
+                out += self._dobj.decompress(chunk)
+                if not self._dobj.eof:
+                    break
+                self._in_frame = False
+                chunk = self._dobj.unused_data
+                self._dobj = self._zstd.ZstdDecompressor().decompressobj()
+            if out:
+                return out
+
+    read = read1
 
 
 class LineGuard:
@@ -95,11 +132,13 @@ class LineGuard:
         self.dropped = 0  # unterminated bytes not handed on (damage or held back)
         self._rest = b""
         self._done = False
+        # read1: one decompression step at a time, so that damage loses little before it
+        self._read1 = getattr(inner, "read1", inner.read)
 
     def read(self, size: int = -1) -> bytes:
         while not self._done:
             try:
-                chunk = self.inner.read(size if size > 0 else 1 << 18)
+                chunk = self._read1(size if size > 0 else 1 << 18)
             except self.errors as exc:
                 self.error = exc
                 chunk = b""

@@ -202,7 +202,7 @@ class FileReader(threading.Thread):
     def _read(self, plan: FilePlan) -> _End:
         parser = RecordParser(self.source)
         stamp = plan.mtime or datetime.now(timezone.utc)
-        records_read = plan.records_read
+        records_read = plan.records_read if plan.seek_to else 0  # counted from where reading starts
         hold = (
             plan.kind == "plain"
             and plan.mtime is not None

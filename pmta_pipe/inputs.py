@@ -122,9 +122,9 @@ def find_inputs(paths: Sequence[str]) -> list[str]:
         for m in matches:
             if m.is_dir():
                 for f in _walk(m):
-                    add(str(f.resolve()))
+                    add(os.path.abspath(f))
             else:
-                add(str(m.resolve()))
+                add(os.path.abspath(m))
     return found
 
 

@@ -115,9 +115,7 @@ def plan_prune(
     cutoff = _midnight(plan.rollups_before)
     for (table,) in conn.execute(_ROLLUPS).fetchall():
         row = conn.execute(
-            sql.SQL("SELECT count(*) FROM pmta.{} WHERE bucket < %s").format(
-                sql.Identifier(table)
-            ),
+            sql.SQL("SELECT count(*) FROM pmta.{} WHERE bucket < %s").format(sql.Identifier(table)),
             (cutoff,),
         ).fetchone()
         plan.rollups[table] = int(row[0]) if row else 0

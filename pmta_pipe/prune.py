@@ -127,8 +127,9 @@ def plan_prune(
     return plan
 
 
-def _with_lock_timeout(conn: psycopg.Connection[Any], what: str, statement: sql.Composable,
-                       params: tuple[Any, ...] = ()) -> bool:  # fmt: skip
+def _with_lock_timeout(
+    conn: psycopg.Connection[Any], what: str, statement: sql.Composed, params: tuple[Any, ...] = ()
+) -> bool:
     """Run ``statement`` in its own transaction with a lock timeout; retry; False if busy."""
     for attempt in range(1, ATTEMPTS + 1):
         try:

@@ -1,15 +1,6 @@
 """``pmta-pipe import``: rotated accounting files (and stdin) into PostgreSQL.
 
-Which files:
-
-* a file named on the command line is always read, whatever its name;
-* a folder is walked recursively (hidden entries skipped) and a file in it is read
-  when its name looks like an accounting file (``acct*``, ``*.csv``, ``*.csv.*``,
-  case-insensitive) or, failing that, when its first line (decompressed) is a
-  PowerMTA header (first field ``type``);
-* a path that does not exist is expanded as a glob (``**`` recursive); a path or
-  glob that matches nothing stops the run before anything is read;
-* ``-`` is standard input (no ledger: there is no file to remember).
+Which files are read, and what the ledger decides for each: ``inputs``.
 
 Compression is recognised from the content (``compression``). Each file is parsed
 with a parser of its own (its own header), by the same ``reader.iter_batches``,
@@ -18,15 +9,19 @@ pipe and imported again from the accounting file is recognised and not added.
 Records without any timestamp get the file's modification time as their received
 time, so that importing the same file twice gives the same rows.
 
-Threads::
+Threads and processes::
 
-    planner (main) -> reader thread: read, decompress, cut, parse -> queue (bounded)
-                   -> main thread: Loader (COPY + upsert, ledger progress in the same txn)
+    main: find inputs, plan each (ledger) -> reader thread: read, decompress, cut,
+    parse -> bounded queue -> main thread: Loader (COPY + upsert; ledger progress in
+    the same transaction)
 
-Parsing holds the GIL; the load mostly waits for PostgreSQL (which works on the
-other core) and psycopg releases the GIL meanwhile, so both cores are busy with one
-process (measured in ``docs/performance.md``). The reader thread moves on to the
-next file while the last batches of the previous one load.
+Parsing holds the GIL; the load mostly waits for PostgreSQL (working on the other
+core), and psycopg releases the GIL meanwhile, so one process keeps about two cores
+busy. The reader thread moves on to the next file while the previous one's last
+batches load. ``jobs`` > 1 starts that many worker processes (spawned, each with
+its own connections) that take files largest first; they send progress and
+outcomes back over a queue. ``bench/import_speed.py`` measures both
+(``docs/performance.md``): a second process helps when a core is idle.
 
 The ledger (``ledger``, ``pmta.import_files``) makes re-runs cheap: unchanged
 files are skipped after reading 64 KiB, a grown plain file is read on from where it

@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help="files, folders or globs; - for stdin")
     _add_options(p, (*COMMON, "source", "batch_rows"))
     p.add_argument("--force", action="store_true", help="re-read files the ledger marks as done")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="summary format on stdout (default text)")  # fmt: skip
+    p.add_argument("--jobs", type=int, default=2, metavar="N",
+                   help="import N files at once, each in its own process (default 2)")  # fmt: skip
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("replay", help="load what is left in the spool, without reading stdin")
@@ -142,7 +146,9 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
     from pmta_pipe.importer import run_import
 
-    return run_import(settings, args.paths, force=args.force)
+    if args.jobs < 1:
+        raise ConfigError("--jobs must be at least 1")
+    return run_import(settings, args.paths, force=args.force, fmt=args.format, jobs=args.jobs)
 
 
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:

@@ -1,10 +1,200 @@
-"""Retention: drop old raw-event partitions (``pmta-pipe prune``)."""
+"""Retention (``pmta-pipe prune``): drop old raw events whole, thin old rollups and rejects.
+
+Cut-off: with ``--keep-days N``, the raw events of today (UTC) and of the N days
+before it are kept; the daily partition ``pmta.events_YYYYMMDD`` of any earlier day
+(whose whole day ended N or more days ago) is dropped with ``DROP TABLE``: no
+row-by-row ``DELETE``, no dead tuples, the disk space is returned at once.
+Partitions are found in the catalog (children of ``pmta.events`` named
+``events_YYYYMMDD``); nothing else is touched.
+
+Rejects (``pmta.rejects``) follow the raw events: a reject received before the
+cut-off is deleted too (they are raw records, with e-mail addresses).
+
+Rollups, which the report views read, are kept much longer (``--keep-rollup-days
+M``, default 730). Contract with the rollup tables: every table in schema ``pmta``
+whose name starts with ``rollup_`` and that has a column ``bucket timestamptz``
+(the start of its UTC hour or day) is a rollup; rows whose bucket is before the
+rollup cut-off (UTC midnight M days ago) are deleted. New rollup tables need no
+change here.
+
+Concurrency: dropping a partition takes an ACCESS EXCLUSIVE lock on ``pmta.events``,
+and a waiting request for it would queue every loader behind it. So each drop runs
+in its own short transaction with ``lock_timeout`` (``LOCK_TIMEOUT_MS``); when the
+lock is not granted in time the drop is retried ``ATTEMPTS`` times between batches
+of the loaders and then skipped with a warning (exit 1; the next run drops it). A
+loader that had cached a dropped partition retries its batch once (``load``).
+
+``--dry-run`` counts what would go (exact row counts and sizes) and changes nothing.
+"""
 
 from __future__ import annotations
 
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg import sql
+
+from pmta_pipe import db
 from pmta_pipe.config import Settings
-from pmta_pipe.errors import PmtaPipeError
+from pmta_pipe.errors import MigrationError
+
+log = logging.getLogger(__name__)
+
+LOCK_TIMEOUT_MS = 2000
+ATTEMPTS = 3
+RETRY_PAUSE = 1.0
+_PARTITION = re.compile(r"events_(\d{8})")
+
+_PARTITIONS = """
+    SELECT c.relname, pg_total_relation_size(c.oid)
+    FROM pg_inherits i
+    JOIN pg_class c ON c.oid = i.inhrelid
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE i.inhparent = 'pmta.events'::regclass AND n.nspname = 'pmta'
+    ORDER BY c.relname
+"""
+_ROLLUPS = """
+    SELECT c.relname
+    FROM pg_class c
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'bucket' AND NOT a.attisdropped
+    WHERE n.nspname = 'pmta' AND c.relname LIKE 'rollup\\_%' AND c.relkind IN ('r', 'p')
+      AND NOT c.relispartition AND a.atttypid = 'timestamptz'::regtype
+    ORDER BY c.relname
+"""
+
+
+@dataclass
+class Partition:
+    name: str
+    day: date
+    size: int
+    rows: int = 0
+
+
+@dataclass
+class PrunePlan:
+    """What is older than the cut-offs."""
+
+    events_before: date
+    rollups_before: date
+    partitions: list[Partition] = field(default_factory=list)
+    rollups: dict[str, int] = field(default_factory=dict)  # table -> rows to delete
+    rejects: int = 0
+
+
+def _midnight(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+
+
+def plan_prune(
+    conn: psycopg.Connection[Any], keep_days: int, keep_rollup_days: int, today: date
+) -> PrunePlan:
+    """Find (and count) what the cut-offs would remove."""
+    if conn.execute("SELECT to_regclass('pmta.events')").fetchone() in (None, (None,)):
+        raise MigrationError("the database has no pmta schema", "run 'pmta-pipe migrate' first")
+    plan = PrunePlan(today - timedelta(days=keep_days), today - timedelta(days=keep_rollup_days))
+    for name, size in conn.execute(_PARTITIONS).fetchall():
+        m = _PARTITION.fullmatch(name)
+        if not m:
+            continue
+        day = datetime.strptime(m.group(1), "%Y%m%d").date()
+        if day < plan.events_before:
+            part = Partition(name, day, int(size))
+            row = conn.execute(
+                sql.SQL("SELECT count(*) FROM pmta.{}").format(sql.Identifier(name))
+            ).fetchone()
+            part.rows = int(row[0]) if row else 0
+            plan.partitions.append(part)
+    cutoff = _midnight(plan.rollups_before)
+    for (table,) in conn.execute(_ROLLUPS).fetchall():
+        row = conn.execute(
+            sql.SQL("SELECT count(*) FROM pmta.{} WHERE bucket < %s").format(sql.Identifier(table)),
+            (cutoff,),
+        ).fetchone()
+        plan.rollups[table] = int(row[0]) if row else 0
+    row = conn.execute(
+        "SELECT count(*) FROM pmta.rejects WHERE received_at < %s",
+        (_midnight(plan.events_before),),
+    ).fetchone()
+    plan.rejects = int(row[0]) if row else 0
+    return plan
+
+
+def _with_lock_timeout(
+    conn: psycopg.Connection[Any], what: str, statement: sql.Composed, params: tuple[Any, ...] = ()
+) -> bool:
+    """Run ``statement`` in its own transaction with a lock timeout; retry; False if busy."""
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            with conn.transaction():
+                conn.execute(f"SET LOCAL lock_timeout = {int(LOCK_TIMEOUT_MS)}")
+                conn.execute(statement, params or None)
+            return True
+        except pg_errors.LockNotAvailable:
+            log.info("%s: busy (attempt %d of %d)", what, attempt, ATTEMPTS)
+            if attempt < ATTEMPTS:
+                time.sleep(RETRY_PAUSE)
+    log.warning("%s: skipped, the table stayed busy; run prune again later", what)
+    return False
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
 
 
 def run_prune(settings: Settings, *, keep_days: int, keep_rollup_days: int, dry_run: bool) -> int:
-    raise PmtaPipeError("not available yet")
+    """``pmta-pipe prune``: print what goes (or would go); 1 when something stayed busy."""
+    target = db.resolve_target(settings)
+    today = datetime.now(timezone.utc).date()
+    verb = "would drop" if dry_run else "dropped"
+    skipped = 0
+    with db.connect(target.conninfo, autocommit=True) as conn:
+        plan = plan_prune(conn, keep_days, keep_rollup_days, today)
+        rows = size = 0
+        for part in plan.partitions:
+            ok = dry_run or _with_lock_timeout(
+                conn, f"pmta.{part.name}",
+                sql.SQL("DROP TABLE pmta.{}").format(sql.Identifier(part.name)),
+            )  # fmt: skip
+            if not ok:
+                skipped += 1
+                print(f"skipped pmta.{part.name} (busy): {part.rows} rows, {_size(part.size)}")
+                continue
+            rows += part.rows
+            size += part.size
+            print(f"{verb} pmta.{part.name}: {part.rows} rows, {_size(part.size)}")
+        print(
+            f"events: {verb} {len(plan.partitions) - skipped} partitions, {rows} rows, "
+            f"{_size(size)}; keeping days from {plan.events_before.isoformat()}"
+        )
+        cutoff = _midnight(plan.rollups_before)
+        for table, n in plan.rollups.items():
+            if n and not dry_run:
+                stmt = sql.SQL("DELETE FROM pmta.{} WHERE bucket < %s").format(
+                    sql.Identifier(table)
+                )
+                if not _with_lock_timeout(conn, f"pmta.{table}", stmt, (cutoff,)):
+                    skipped += 1
+                    continue
+            print(f"rollups: pmta.{table}: {n} rows before {plan.rollups_before.isoformat()}"
+                  f" {'would be deleted' if dry_run else 'deleted'}")  # fmt: skip
+        if plan.rejects and not dry_run:
+            conn.execute(
+                "DELETE FROM pmta.rejects WHERE received_at < %s", (_midnight(plan.events_before),)
+            )
+        print(f"rejects: {plan.rejects} {'would be deleted' if dry_run else 'deleted'}")
+    if skipped:
+        log.warning("%d tables stayed busy and were left for the next run", skipped)
+        return 1
+    return 0

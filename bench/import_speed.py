@@ -1,0 +1,71 @@
+"""Import speed: one process against ``--jobs 2``, on a real PostgreSQL.
+
+``python bench/import_speed.py --dsn postgresql://postgres@127.0.0.1/postgres [--records 200000]``
+
+Writes two generated accounting files of RECORDS records each, imports both into a
+scratch database with ``jobs=1`` (one process: a reader thread parsing, the main
+thread loading) and into another with ``jobs=2`` (one process per file), and prints
+the wall time and records per second of each. Scratch databases are dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import generate
+
+from pmta_pipe.config import Settings
+from pmta_pipe.importer import import_files
+from pmta_pipe.migrate import apply_migrations
+from pmta_pipe.progress import LogProgress
+
+
+def timed_import(admin_dsn: str, paths: list[str], jobs: int) -> float:
+    name = f"pmta_speed_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    dsn = make_conninfo(admin_dsn, dbname=name)
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            apply_migrations(conn)
+        started = time.perf_counter()
+        import_files(Settings(dsn=dsn, source="bench"), paths, progress=LogProgress(0, 0),
+                     jobs=jobs)  # fmt: skip
+        return time.perf_counter() - started
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dsn", required=True, help="a database on the server to measure on")
+    ap.add_argument("--records", type=int, default=200_000, help="records per file")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for seed in (1, 2):
+            path = Path(tmp) / f"acct-{seed}.csv"
+            with path.open("w") as f:
+                generate.write(f, args.records, days=3, seed=seed)
+            paths.append(str(path))
+        total = 2 * args.records
+        for jobs in (1, 2):
+            seconds = timed_import(args.dsn, paths, jobs)
+            print(f"jobs={jobs}: {total:,} records in {seconds:.1f} s, "
+                  f"{total / seconds:,.0f} records/s")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

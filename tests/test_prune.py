@@ -1,0 +1,135 @@
+"""``pmta-pipe prune``: whole partitions dropped, rollups and rejects thinned, locks respected."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pmta_pipe import prune
+from pmta_pipe.config import Settings
+from pmta_pipe.importer import import_files
+from pmta_pipe.progress import LogProgress
+from tests.conftest import count, run_cli
+from tests.helpers import stream
+
+Conn = psycopg.Connection[tuple[object, ...]]
+
+
+def partitions(conn: Conn) -> list[str]:
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = 'pmta.events'::regclass ORDER BY 1"
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def names(first: date, days: int) -> list[str]:
+    return [f"events_{first + timedelta(days=k):%Y%m%d}" for k in range(days)]
+
+
+@pytest.fixture
+def loaded(dsn: str, conn: Conn, tmp_path: Path) -> tuple[date, date]:
+    """1,000 records over days 45..41 ago, and 600 over yesterday and today."""
+    today = datetime.now(timezone.utc).date()
+    old, recent = today - timedelta(days=45), today - timedelta(days=1)
+    (tmp_path / "acct-old.csv").write_bytes(stream(1000, days=5, seed=1, start=old.isoformat()))
+    (tmp_path / "acct-new.csv").write_bytes(stream(600, days=2, seed=2, start=recent.isoformat()))
+    settings = Settings(dsn=dsn, source="test-host")
+    import_files(settings, [str(tmp_path)], progress=LogProgress(0, 0), jobs=1)
+    assert partitions(conn) == names(old, 5) + names(recent, 2)
+    conn.execute("CREATE TABLE pmta.rollup_test (bucket timestamptz NOT NULL, n integer)")
+    conn.execute(
+        "INSERT INTO pmta.rollup_test SELECT now() - make_interval(days => d), d"
+        " FROM unnest(array[800, 731, 729, 100, 0]) d"
+    )
+    conn.execute("CREATE TABLE pmta.rollup_nobucket (day date, n integer)")
+    conn.execute("INSERT INTO pmta.rollup_nobucket VALUES ('2001-01-01', 1)")
+    conn.execute(
+        "INSERT INTO pmta.rejects (reject_id, source, reason, raw_line, received_at) VALUES"
+        " (gen_random_uuid(), 't', 'x', 'old', now() - interval '40 days'),"
+        " (gen_random_uuid(), 't', 'x', 'new', now() - interval '1 day')"
+    )
+    return old, recent
+
+
+def test_dry_run_changes_nothing(
+    dsn: str, conn: Conn, loaded: tuple[date, date], capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = partitions(conn)
+    code = prune.run_prune(Settings(dsn=dsn), keep_days=30, keep_rollup_days=730, dry_run=True)
+    assert code == 0
+    out = capsys.readouterr().out
+    assert out.count("would drop pmta.events_") == 5
+    assert "events: would drop 5 partitions, 1000 rows" in out
+    assert "rollups: pmta.rollup_test: 2 rows before" in out
+    assert "rollup_nobucket" not in out
+    assert "rejects: 1 would be deleted" in out
+    assert partitions(conn) == before
+    assert count(conn, "SELECT count(*) FROM pmta.events") == 1600
+    assert count(conn, "SELECT count(*) FROM pmta.rollup_test") == 5
+    assert count(conn, "SELECT count(*) FROM pmta.rejects") == 2
+
+
+def test_prune_drops_old_partitions_and_thins_rollups(
+    dsn: str, conn: Conn, loaded: tuple[date, date], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, recent = loaded
+    code = prune.run_prune(Settings(dsn=dsn), keep_days=30, keep_rollup_days=730, dry_run=False)
+    assert code == 0
+    assert "events: dropped 5 partitions, 1000 rows" in capsys.readouterr().out
+    assert partitions(conn) == names(recent, 2)
+    cutoff = datetime.now(timezone.utc) - timedelta(days=30)
+    assert count(conn, "SELECT count(*) FROM pmta.events WHERE time_logged < %s", cutoff) == 0
+    assert count(conn, "SELECT count(*) FROM pmta.events") == 600
+    kept = conn.execute("SELECT n FROM pmta.rollup_test ORDER BY n").fetchall()
+    assert kept == [(0,), (100,), (729,)]
+    assert count(conn, "SELECT count(*) FROM pmta.rollup_nobucket") == 1
+    assert conn.execute("SELECT raw_line FROM pmta.rejects").fetchall() == [("new",)]
+    # a second run finds nothing more to do
+    assert (
+        prune.run_prune(Settings(dsn=dsn), keep_days=30, keep_rollup_days=730, dry_run=False) == 0
+    )
+    assert "events: dropped 0 partitions, 0 rows" in capsys.readouterr().out
+
+
+def test_busy_table_is_skipped_not_waited_for(
+    dsn: str, conn: Conn, loaded: tuple[date, date], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old, recent = loaded
+    monkeypatch.setattr(prune, "LOCK_TIMEOUT_MS", 100)
+    monkeypatch.setattr(prune, "RETRY_PAUSE", 0.05)
+    with psycopg.connect(dsn) as loader:  # a loader in the middle of a batch
+        loader.execute("LOCK TABLE pmta.events IN ROW EXCLUSIVE MODE")
+        code = prune.run_prune(Settings(dsn=dsn), keep_days=30, keep_rollup_days=730, dry_run=False)
+        assert code == 1
+        loader.rollback()
+    assert partitions(conn) == names(old, 5) + names(recent, 2)
+    assert (
+        prune.run_prune(Settings(dsn=dsn), keep_days=30, keep_rollup_days=730, dry_run=False) == 0
+    )
+    assert partitions(conn) == names(recent, 2)
+
+
+def test_loading_into_a_pruned_day_recreates_its_partition(
+    dsn: str, conn: Conn, loaded: tuple[date, date], tmp_path: Path
+) -> None:
+    prune.run_prune(Settings(dsn=dsn), keep_days=30, keep_rollup_days=730, dry_run=False)
+    settings = Settings(dsn=dsn, source="test-host")
+    summary = import_files(
+        settings, [str(tmp_path / "acct-old.csv")], force=True, progress=LogProgress(0, 0)
+    )
+    assert summary.totals().inserted == 1000
+    assert count(conn, "SELECT count(*) FROM pmta.events") == 1600
+
+
+def test_cli_prune_dry_run(cli_env: dict[str, str], conn: Conn, loaded: tuple[date, date]) -> None:
+    proc = run_cli(["prune", "--keep-days", "30", "--dry-run"], cli_env)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"events: would drop 5 partitions, 1000 rows" in proc.stdout
+    assert count(conn, "SELECT count(*) FROM pmta.events") == 1600
+    proc = run_cli(["prune", "--keep-days", "0"], cli_env)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(b"error: --keep-days and --keep-rollup-days must be at least 1")

@@ -257,7 +257,7 @@ class Loader:
 
     def _load_splitting(
         self,
-        rows: list[list[str]],
+        rows: list[Sequence[str]],
         raws: list[str],
         positions: list[int],
         rejects: list[Reject],
@@ -306,7 +306,7 @@ class Loader:
 
     def _load_once(
         self,
-        rows: Sequence[list[str]],
+        rows: Sequence[Sequence[str]],
         rejects: Sequence[Reject],
         days: set[date],
         source: str,
@@ -351,6 +351,7 @@ class Loader:
             cur.execute("SAVEPOINT pmta_fast")
             try:
                 cur.execute(_FAST_INSERT)
+                inserted = max(cur.rowcount, 0)
             except pg_errors.UniqueViolation:
                 cur.execute("ROLLBACK TO SAVEPOINT pmta_fast")
                 for stmt in _FAST_UNDO:
@@ -359,7 +360,7 @@ class Loader:
                 log.debug("batch has records already loaded: taking the upsert way")
             else:
                 cur.execute("RELEASE SAVEPOINT pmta_fast")
-                return max(cur.rowcount, 0)
+                return inserted
         else:
             with cur.copy(_copy_statement("batch_stage", fmt)) as copy:
                 copy.write(data)

@@ -37,7 +37,6 @@ field; the rare cases (a typed value that does not parse, a missing timeLogged, 
 unknown column with a value) are then fixed row by row. See ``docs/performance.md``.
 """
 
-
 from __future__ import annotations
 
 import csv
@@ -122,7 +121,7 @@ class ParsedBatch:
     """What ``RecordParser.parse`` made of some records."""
 
     source: str = ""
-    rows: list[list[str]] = field(default_factory=list)  # in fields.EVENT_COLUMNS order
+    rows: list[Sequence[str]] = field(default_factory=list)  # in fields.EVENT_COLUMNS order
     raw: list[str] = field(default_factory=list)  # raw text of each row, for rejects
     positions: list[int] = field(default_factory=list)  # position of each row
     rejects: list[Reject] = field(default_factory=list)
@@ -283,7 +282,7 @@ class RecordParser:
         if not n:
             return
         h = seg.header
-        cols = list(zip(*seg.rows))
+        cols: list[Sequence[str]] = list(zip(*seg.rows, strict=True))
         cols.append(("",) * n)  # index ``width``: a field the header does not have
         types = cols[0]
         logged = cols[h.time_logged]
@@ -307,7 +306,7 @@ class RecordParser:
             self._convert(seg, texts, received, out)  # again, without the rejected rows
             return
 
-        idents = list(map(_join_identity, zip(types, logged, *known)))
+        idents = list(map(_join_identity, zip(types, logged, *known, strict=True)))
         if has_extra:
             for j, e in enumerate(extras):
                 if e:
@@ -329,38 +328,34 @@ class RecordParser:
             pattern = _INT_COLUMN.get(type_)
             if pattern is not None and pattern.fullmatch("\x00".join(column)):
                 continue  # every value already as check_int would give it
-            converted = list(map(_CONVERTERS[type_], column))
+            converted: list[str | None] = list(map(_CONVERTERS[type_], column))
             if None in converted:
                 has_extra = True
-                for j, v in enumerate(converted):
-                    if v is None:
+                for j, value in enumerate(converted):
+                    if value is None:
                         e = extras[j]
                         if e is None:
                             e = extras[j] = {}
                         e[name] = column[j]
                         converted[j] = ""
-            vals[k] = converted  # type: ignore[assignment]
+            vals[k] = converted  # type: ignore[assignment]  # no None left
 
-        domains = [
-            _domain_of(p[2]) if p[1] else "" for p in map(_rpartition_at, vals[_I_RCPT])
-        ]
+        domains = [_domain_of(p[2]) if p[1] else "" for p in map(_rpartition_at, vals[_I_RCPT])]
         extra_texts: Sequence[str] = (
             [json.dumps(e, ensure_ascii=False) if e else "" for e in extras]
             if has_extra
             else cols[-1]
         )
         out.rows.extend(
-            map(
-                list,
-                zip(
-                    map(_first, times),  # type: ignore[arg-type]
-                    ids,
-                    types,
-                    repeat(self.source, n),
-                    *vals,
-                    domains,
-                    extra_texts,
-                ),
+            zip(
+                map(_first, times),  # type: ignore[arg-type]
+                ids,
+                types,
+                repeat(self.source, n),
+                *vals,
+                domains,
+                extra_texts,
+                strict=False,  # repeat() is endless
             )
         )
         out.raw.extend(map(texts.__getitem__, seg.lines))

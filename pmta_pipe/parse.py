@@ -26,6 +26,15 @@ Identity: ``record_id`` is an MD5 (as a UUID) of the record type, the raw text o
 every known field and every non-empty other column with its name. It does not depend
 on the column order, on empty columns, nor on the source host, so the same record
 loaded again by any route (pipe, replay, file import) is recognised and not added.
+
+Speed: a batch is parsed in two passes. The first walks the rows that C's
+``csv.reader`` yields and only sorts them: header lines, blank lines, rows of the
+wrong width or without a type; rows of the header's width and a usual type go on
+untouched. The second pass works column by column on the rows that share a
+header (``zip(*rows)``): identities, timestamps, typed values and domains are
+computed with ``map`` over cached converters, so that no Python bytecode runs per
+field; the rare cases (a typed value that does not parse, a missing timeLogged, an
+unknown column with a value) are then fixed row by row. See ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -33,10 +42,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
-from operator import itemgetter
+from functools import lru_cache, partial
+from itertools import repeat
+from operator import itemgetter, methodcaller
 
 from pmta_pipe import values
 from pmta_pipe.fields import DEFAULT_V5_HEADER, KNOWN_FIELDS, KNOWN_INDEX
@@ -45,13 +57,54 @@ from pmta_pipe.framing import DEFAULT_MAX_RECORD_BYTES
 _BOM = "\ufeff"
 csv.field_size_limit(DEFAULT_MAX_RECORD_BYTES)
 _TIME_FALLBACKS = ("timeQueued", "timeFirstAttempt")
+_FALLBACKS = [KNOWN_INDEX[n.lower()] for n in _TIME_FALLBACKS]
 _I_RCPT = KNOWN_INDEX["rcpt"]
+#: record types that take the first pass's shortest way (any other type is kept too)
+_USUAL_TYPES = frozenset(("d", "b", "t", "tq", "r", "f", "rb", "rs"))
+
+_decode = partial(bytes.decode, encoding="utf-8", errors="replace")
+_md5 = partial(hashlib.md5, usedforsecurity=False)
+_hexdigest = methodcaller("hexdigest")
+_rpartition_at = methodcaller("rpartition", "@")
+_first = itemgetter(0)
+_second = itemgetter(1)
+_join_identity = "\x1f".join
+
+
+def _column_converter(conv: Callable[[str], str | None]) -> Callable[[str], str | None]:
+    """``conv`` for one field value: ``""`` stays ``""``, else the value or ``None``."""
+
+    @lru_cache(maxsize=65536)
+    def convert(text: str) -> str | None:
+        return conv(text) if text else text
+
+    return convert
+
+
+def _time_text(text: str) -> str | None:
+    t = values.parse_time(text)
+    return None if t is None else t[0]
+
+
+# Whole columns of integers are checked by one regular expression over the column
+# joined with NUL (which no field can hold): digits without a sign, a leading zero
+# or spaces, few enough to fit the type, come out of check_int unchanged.
+_INT_COLUMN = {
+    "int": re.compile(r"(?:0|-?[1-9][0-9]{0,8})?(?:\x00(?:0|-?[1-9][0-9]{0,8})?)*"),
+    "bigint": re.compile(r"(?:0|-?[1-9][0-9]{0,17})?(?:\x00(?:0|-?[1-9][0-9]{0,17})?)*"),
+}
 
 _CONVERTERS: dict[str, Callable[[str], str | None]] = {
-    "int": values.check_int,
-    "bigint": values.check_bigint,
-    "inet": values.check_inet,
+    "time": _column_converter(_time_text),
+    "int": _column_converter(values.check_int),
+    "bigint": _column_converter(values.check_bigint),
+    "inet": _column_converter(values.check_inet),
 }
+
+
+@lru_cache(maxsize=4096)
+def _domain_of(tail: str) -> str:
+    return tail.strip().strip(">").lower()
 
 
 @dataclass(frozen=True)
@@ -68,7 +121,7 @@ class ParsedBatch:
     """What ``RecordParser.parse`` made of some records."""
 
     source: str = ""
-    rows: list[list[str]] = field(default_factory=list)  # in fields.EVENT_COLUMNS order
+    rows: list[Sequence[str]] = field(default_factory=list)  # in fields.EVENT_COLUMNS order
     raw: list[str] = field(default_factory=list)  # raw text of each row, for rejects
     positions: list[int] = field(default_factory=list)  # position of each row
     rejects: list[Reject] = field(default_factory=list)
@@ -81,12 +134,12 @@ class ParsedBatch:
 
 
 class Header:
-    """A header line, compiled into what parsing one row needs."""
+    """A header line, compiled into what parsing its rows needs."""
 
     def __init__(self, names: Sequence[str]) -> None:
         self.names = tuple(names)
         self.width = len(self.names)
-        sentinel = self.width  # index of the '' appended to every padded row
+        sentinel = self.width  # "this header has no such field"
         known = [sentinel] * len(KNOWN_FIELDS)
         self.time_logged = sentinel
         self.extras: list[tuple[int, str]] = []
@@ -107,13 +160,14 @@ class Header:
                 known[KNOWN_INDEX[low]] = i
             else:
                 self.extras.append((i, key))
-        self.getter = itemgetter(*known)
-        self.typed: list[tuple[int, str, Callable[[str], str | None] | None]] = [
-            (k, f.name, _CONVERTERS.get(f.type))
+        #: for each of KNOWN_FIELDS, its index in a row, or ``width`` when absent
+        self.known = known
+        self.typed: list[tuple[int, str, str]] = [
+            (k, f.name, f.type)
             for k, f in enumerate(KNOWN_FIELDS)
             if f.type != "text" and known[k] != sentinel
         ]
-        self.fallbacks = [KNOWN_INDEX[n.lower()] for n in _TIME_FALLBACKS]
+        self.fallbacks = _FALLBACKS
 
     @classmethod
     def default(cls) -> Header:
@@ -122,6 +176,16 @@ class Header:
 
 def _is_header(first: str) -> bool:
     return len(first) >= 4 and first.lstrip(_BOM).strip().lower() == "type"
+
+
+@dataclass
+class _Segment:
+    """Rows of one batch read under one header, waiting for the column pass."""
+
+    header: Header
+    rows: list[list[str]] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)  # index of each row's raw text
+    positions: list[int] = field(default_factory=list)
 
 
 class RecordParser:
@@ -141,136 +205,213 @@ class RecordParser:
         Positions continue from the previous call unless ``first_position`` is given.
         """
         out = ParsedBatch(source=self.source)
-        pulled: list[str] = []
-        texts = self._texts(records, pulled)
-        reader = csv.reader(texts)
+        texts = list(map(_decode, records))
+        if any(map(str.__contains__, texts, repeat("\x00"))):
+            texts = [t.replace("\x00", "\ufffd") for t in texts]
         position = (self.next_position if first_position is None else first_position) - 1
-        received_iso = received_at.isoformat()
-        received_day = received_at.astimezone(timezone.utc).date()
+        received = (received_at.isoformat(), received_at.astimezone(timezone.utc).date())
+        seg = _Segment(self.header)
+        width = self.header.width
+        lines = iter(texts)
+        base = 0  # texts read by the csv readers before the current one
+        reader = csv.reader(lines)
         while True:
+            rows_append = seg.rows.append
+            lines_append = seg.lines.append
+            positions_append = seg.positions.append
             try:
-                row = next(reader)
-            except StopIteration:
-                break
+                for row in reader:
+                    if len(row) == width and row[0] in _USUAL_TYPES:  # the common case
+                        position += 1
+                        rows_append(row)
+                        lines_append(base + reader.line_num - 1)
+                        positions_append(position)
+                        continue
+                    line = base + reader.line_num - 1
+                    if not row or (len(row) == 1 and not row[0].strip()):
+                        continue  # blank line
+                    first = row[0]
+                    if first[:1] == _BOM:
+                        first = row[0] = first[1:]
+                    if _is_header(first):
+                        self._convert(seg, texts, received, out)
+                        row[0] = "type"
+                        self.header = Header(row)
+                        self.header_line = texts[line].rstrip("\r\n")
+                        out.headers += 1
+                        seg = _Segment(self.header)
+                        width = self.header.width
+                        break  # rebind the appenders to the new segment
+                    position += 1
+                    n = len(row)
+                    if n > width:
+                        reason = f"{n} fields, more than the header's {width}"
+                        out.rejects.append(Reject(texts[line], reason, position))
+                        continue
+                    if n < width:
+                        row.extend([""] * (width - n))
+                    rtype = row[0] = row[0].strip()
+                    if not rtype:
+                        out.rejects.append(Reject(texts[line], "no record type", position))
+                        continue
+                    rows_append(row)
+                    lines_append(line)
+                    positions_append(position)
+                else:
+                    break  # end of the records
             except csv.Error as exc:
                 position += 1
-                out.rejects.append(Reject(pulled[-1], f"malformed CSV: {exc}", position))
-                reader = csv.reader(texts)
-                continue
-            raw = pulled[-1]
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue  # blank line
-            first = row[0]
-            if first[:1] == _BOM:
-                first = row[0] = first[1:]
-            if _is_header(first):
-                row[0] = "type"
-                self.header = Header(row)
-                self.header_line = raw.rstrip("\r\n")
-                out.headers += 1
-                continue
-            position += 1
-            self._parse_row(row, raw, position, received_iso, received_day, out)
+                line = base + reader.line_num - 1
+                out.rejects.append(Reject(texts[line], f"malformed CSV: {exc}", position))
+                base = line + 1
+                reader = csv.reader(lines)
+        self._convert(seg, texts, received, out)
         self.next_position = position + 1
+        out.rejects.sort(key=_position_of)
         return out
 
-    @staticmethod
-    def _texts(records: Sequence[bytes], pulled: list[str]) -> Iterator[str]:
-        for rec in records:
-            text = rec.decode("utf-8", "replace")
-            if "\x00" in text:
-                text = text.replace("\x00", "\ufffd")
-            pulled.append(text)
-            yield text
-
-    def _parse_row(
+    def _convert(
         self,
-        row: list[str],
-        raw: str,
-        position: int,
-        received_iso: str,
-        received_day: date,
+        seg: _Segment,
+        texts: list[str],
+        received: tuple[str, date],
         out: ParsedBatch,
     ) -> None:
-        h = self.header
-        n = len(row)
-        if n != h.width:
-            if n > h.width:
-                out.rejects.append(
-                    Reject(raw, f"{n} fields, more than the header's {h.width}", position)
-                )
-                return
-            row.extend([""] * (h.width - n))
-        rtype = row[0].strip()
-        if not rtype:
-            out.rejects.append(Reject(raw, "no record type", position))
+        """The column pass: turn the segment's rows into rows of ``pmta.events``."""
+        n = len(seg.rows)
+        if not n:
             return
-        row.append("")  # sentinel for fields the header does not have
-        known = h.getter(row)
-        logged = row[h.time_logged]
-        extra: dict[str, str] | None = None
+        h = seg.header
+        cols: list[Sequence[str]] = list(zip(*seg.rows, strict=True))
+        cols.append(("",) * n)  # index ``width``: a field the header does not have
+        types = cols[0]
+        logged = cols[h.time_logged]
+        known = [cols[i] for i in h.known]
+
+        extras: list[dict[str, str] | None] = [None] * n
+        has_extra = False
         for i, name in h.extras:
-            v = row[i]
-            if v:
-                if extra is None:
-                    extra = {}
-                extra[name] = v
-        identity = "\x1f".join((rtype, logged, *known))
-        if extra:
-            identity += "\x1e" + "\x1f".join(f"{k}\x1d{v}" for k, v in sorted(extra.items()))
-        record_id = hashlib.md5(identity.encode(), usedforsecurity=False).hexdigest()
+            column = cols[i]
+            if any(column):
+                has_extra = True
+                for j, v in enumerate(column):
+                    if v:
+                        e = extras[j]
+                        if e is None:
+                            e = extras[j] = {}
+                        e[name] = v
 
-        if logged:
-            t = values.parse_time(logged)
-            if t is None:
-                out.rejects.append(Reject(raw, f"unreadable timeLogged {logged[:40]!r}", position))
-                return
-            time_iso, day = t
-        else:
-            time_iso, day = received_iso, received_day
-            source_name = "received"
-            for k in h.fallbacks:
-                v = known[k]
-                t = values.parse_time(v) if v else None
-                if t is not None:
-                    time_iso, day = t
-                    source_name = KNOWN_FIELDS[k].name
-                    break
-            if extra is None:
-                extra = {}
-            extra["pmtaPipeTimeFrom"] = source_name
+        times = list(map(values.parse_time, logged))
+        if None in times and self._fix_times(seg, times, logged, known, extras, texts, out):
+            self._convert(seg, texts, received, out)  # again, without the rejected rows
+            return
 
-        vals = list(known)
-        for k, name, conv in h.typed:
-            v = vals[k]
-            if v:
-                ok = conv(v) if conv is not None else _time_text(v)
-                if ok is None:
-                    if extra is None:
-                        extra = {}
-                    extra[name] = v
-                    vals[k] = ""
-                else:
-                    vals[k] = ok
-        rcpt = vals[_I_RCPT]
-        at = rcpt.rfind("@")
-        domain = rcpt[at + 1 :].strip().strip(">").lower() if at >= 0 else ""
-        out.rows.append(
-            [
-                time_iso,
-                record_id,
-                rtype,
-                self.source,
-                *vals,
-                domain,
-                json.dumps(extra, ensure_ascii=False) if extra else "",
-            ]
+        idents = list(map(_join_identity, zip(types, logged, *known, strict=True)))
+        if has_extra:
+            for j, e in enumerate(extras):
+                if e:
+                    idents[j] += "\x1e" + "\x1f".join(f"{k}\x1d{v}" for k, v in sorted(e.items()))
+        ids = list(map(_hexdigest, map(_md5, map(str.encode, idents))))
+
+        received_iso, received_day = received
+        for j, t in enumerate(times):
+            if t is None:  # no timeLogged: _fix_times said where the time comes from
+                e = extras[j]
+                assert e is not None
+                times[j] = _fallback_time(known, j, e, received_iso, received_day)
+                has_extra = True
+        out.days.update(map(_second, times))  # type: ignore[arg-type]
+
+        vals: list[Sequence[str]] = list(known)
+        for k, name, type_ in h.typed:
+            column = vals[k]
+            pattern = _INT_COLUMN.get(type_)
+            if pattern is not None and pattern.fullmatch("\x00".join(column)):
+                continue  # every value already as check_int would give it
+            converted: list[str | None] = list(map(_CONVERTERS[type_], column))
+            if None in converted:
+                has_extra = True
+                for j, value in enumerate(converted):
+                    if value is None:
+                        e = extras[j]
+                        if e is None:
+                            e = extras[j] = {}
+                        e[name] = column[j]
+                        converted[j] = ""
+            vals[k] = converted  # type: ignore[assignment]  # no None left
+
+        domains = [_domain_of(p[2]) if p[1] else "" for p in map(_rpartition_at, vals[_I_RCPT])]
+        extra_texts: Sequence[str] = (
+            [json.dumps(e, ensure_ascii=False) if e else "" for e in extras]
+            if has_extra
+            else cols[-1]
         )
-        out.raw.append(raw)
-        out.positions.append(position)
-        out.days.add(day)
+        out.rows.extend(
+            zip(
+                map(_first, times),  # type: ignore[arg-type]
+                ids,
+                types,
+                repeat(self.source, n),
+                *vals,
+                domains,
+                extra_texts,
+                strict=False,  # repeat() is endless
+            )
+        )
+        out.raw.extend(map(texts.__getitem__, seg.lines))
+        out.positions.extend(seg.positions)
+
+    @staticmethod
+    def _fix_times(
+        seg: _Segment,
+        times: list[tuple[str, date] | None],
+        logged: Sequence[str],
+        known: list[Sequence[str]],
+        extras: list[dict[str, str] | None],
+        texts: list[str],
+        out: ParsedBatch,
+    ) -> bool:
+        """Rows whose timeLogged is unreadable become rejects (returns True: convert again);
+        rows without one are marked for ``_fallback_time``."""
+        bad: set[int] = set()
+        for j, t in enumerate(times):
+            if t is not None:
+                continue
+            text = logged[j]
+            if text:
+                reason = f"unreadable timeLogged {text[:40]!r}"
+                out.rejects.append(Reject(texts[seg.lines[j]], reason, seg.positions[j]))
+                bad.add(j)
+            else:
+                e = extras[j]
+                if e is None:
+                    extras[j] = {}
+        if not bad:
+            return False
+        keep = [j for j in range(len(times)) if j not in bad]
+        seg.rows = [seg.rows[j] for j in keep]
+        seg.lines = [seg.lines[j] for j in keep]
+        seg.positions = [seg.positions[j] for j in keep]
+        return True
 
 
-def _time_text(text: str) -> str | None:
-    t = values.parse_time(text)
-    return None if t is None else t[0]
+def _fallback_time(
+    known: list[Sequence[str]],
+    j: int,
+    extra: dict[str, str],
+    received_iso: str,
+    received_day: date,
+) -> tuple[str, date]:
+    """timeQueued, then timeFirstAttempt, then the time the batch was received."""
+    for k in _FALLBACKS:
+        v = known[k][j]
+        t = values.parse_time(v) if v else None
+        if t is not None:
+            extra["pmtaPipeTimeFrom"] = KNOWN_FIELDS[k].name
+            return t
+    extra["pmtaPipeTimeFrom"] = "received"
+    return received_iso, received_day
+
+
+def _position_of(reject: Reject) -> int:
+    return reject.position

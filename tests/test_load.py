@@ -1,0 +1,151 @@
+"""The loader's two ways in (plain insert, upsert), its COPY formats and PipelinedLoader."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import psycopg
+import pytest
+
+from pmta_pipe.errors import DatabaseUnavailable
+from pmta_pipe.framing import ChunkSplitter
+from pmta_pipe.load import Loader, LoadResult, PipelinedLoader, render_copy
+from pmta_pipe.parse import ParsedBatch, RecordParser
+from tests.conftest import count
+from tests.helpers import stream
+
+Conn = psycopg.Connection[tuple[object, ...]]
+NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
+ALL = "SELECT * FROM pmta.events ORDER BY time_logged, record_id"
+
+
+def parsed(data: bytes) -> ParsedBatch:
+    out: list[bytes] = []
+    s = ChunkSplitter()
+    s.feed(data, out)
+    s.finish(out)
+    return RecordParser("h").parse(out, NOW)
+
+
+def sub(batch: ParsedBatch, rows: slice) -> ParsedBatch:
+    return ParsedBatch(
+        source=batch.source,
+        rows=batch.rows[rows],
+        raw=batch.raw[rows],
+        positions=batch.positions[rows],
+        days=batch.days,
+    )
+
+
+class Recorder:
+    """after_load hook: what batch_inserted held in each batch's transaction."""
+
+    def __init__(self) -> None:
+        self.inserted: list[set[str]] = []
+
+    def __call__(self, conn: psycopg.Connection[Any], result: LoadResult) -> None:
+        rows = conn.execute("SELECT record_id::text FROM pg_temp.batch_inserted").fetchall()
+        assert len(rows) == result.inserted
+        self.inserted.append({r[0] for r in rows})
+
+
+def ids(batch: ParsedBatch) -> set[str]:
+    from uuid import UUID
+
+    return {str(UUID(r[1])) for r in batch.rows}
+
+
+def test_fast_and_upsert_ways_give_identical_tables(dsn: str, conn: Conn) -> None:
+    batch = parsed(stream(3000, days=2))
+    fast = Loader(dsn)
+    assert fast.load(batch).inserted == 3000
+    assert fast.fast
+    fast.close()
+    by_fast = conn.execute(ALL).fetchall()
+    conn.execute("TRUNCATE pmta.events")
+    safe = Loader(dsn)
+    safe.fast = False
+    assert safe.load(batch).inserted == 3000
+    safe.close()
+    assert conn.execute(ALL).fetchall() == by_fast
+    assert len(by_fast) == 3000
+
+
+def test_duplicates_inside_one_batch(dsn: str, conn: Conn) -> None:
+    batch = parsed(stream(500, days=1))
+    twice = ParsedBatch(
+        source=batch.source,
+        rows=batch.rows + batch.rows[:100],
+        raw=batch.raw + batch.raw[:100],
+        positions=batch.positions + list(range(501, 601)),
+        days=batch.days,
+    )
+    seen = Recorder()
+    loader = Loader(dsn, after_load=seen)
+    result = loader.load(twice)
+    assert (result.records, result.inserted, result.duplicates) == (600, 500, 100)
+    assert seen.inserted == [ids(batch)]
+    assert count(conn, "SELECT count(*) FROM pmta.events") == 500
+    assert not loader.fast  # a batch with duplicates: upsert way from now on
+    loader.close()
+
+
+def test_batch_colliding_with_loaded_rows_then_back_to_fast(dsn: str, conn: Conn) -> None:
+    batch = parsed(stream(3000, days=1))
+    first, middle, last = sub(batch, slice(0, 1000)), sub(batch, slice(0, 2000)), batch
+    seen = Recorder()
+    loader = Loader(dsn, after_load=seen)
+    assert loader.load(first).inserted == 1000
+    result = loader.load(middle)  # 1000 loaded already, 1000 new
+    assert (result.inserted, result.duplicates) == (1000, 1000)
+    assert seen.inserted[1] == ids(sub(batch, slice(1000, 2000)))
+    assert not loader.fast
+    newer = sub(batch, slice(2000, 3000))
+    assert loader.load(newer).inserted == 1000  # upsert way, no duplicates
+    assert loader.fast
+    assert loader.load(last).inserted == 0  # fast way fails, upsert inserts nothing
+    assert seen.inserted[3] == set()
+    assert count(conn, "SELECT count(*) FROM pmta.events") == 3000
+    loader.close()
+
+
+def test_values_text_format_cannot_carry_go_as_csv(dsn: str, conn: Conn) -> None:
+    data = (
+        b"type,timeLogged,rcpt,dsnDiag,header_X\n"
+        b'd,2026-01-15 14:23:11-0700,a@x.com,"tab\there",\n'
+        b'd,2026-01-15 14:23:12-0700,b@x.com,"back\\slash",\n'
+        b'd,2026-01-15 14:23:13-0700,c@x.com,"two\nlines\r\n",q"uote\n'
+    )
+    batch = parsed(data)
+    assert render_copy(batch.rows)[0] == "csv"
+    assert render_copy(parsed(stream(10)).rows)[0] == "text"
+    loader = Loader(dsn)
+    assert loader.load(batch).inserted == 3
+    loader.close()
+    got = conn.execute("SELECT dsn_diag, extra FROM pmta.events ORDER BY rcpt").fetchall()
+    assert got == [
+        ("tab\there", None),
+        ("back\\slash", None),
+        ("two\nlines\r\n", {"header_X": 'q"uote'}),
+    ]
+
+
+def test_pipelined_loader_loads_every_batch_in_order(dsn: str, conn: Conn) -> None:
+    batch = parsed(stream(2500, days=2))
+    done: list[tuple[object, int]] = []
+    loader = PipelinedLoader(Loader(dsn), on_loaded=lambda tag, r: done.append((tag, r.inserted)))
+    for i in range(5):
+        loader.submit(sub(batch, slice(i * 500, (i + 1) * 500)), None, tag=i)
+    total = loader.close()
+    assert done == [(i, 500) for i in range(5)]
+    assert (total.records, total.inserted) == (2500, 2500)
+    assert count(conn, "SELECT count(*) FROM pmta.events") == 2500
+
+
+def test_pipelined_loader_hands_on_the_loading_error() -> None:
+    batch = parsed(stream(10))
+    loader = PipelinedLoader(Loader("postgresql://nobody@127.0.0.1:1/none", retry_for=0))
+    loader.submit(batch, None)
+    with pytest.raises(DatabaseUnavailable):
+        loader.close()

@@ -1,0 +1,187 @@
+-- pmta-pipe database roles: who may read the reports, who may load data.
+--
+-- Run with psql, as the schema owner (the role that runs `pmta-pipe migrate`) or a
+-- superuser, AFTER `pmta-pipe migrate`, and again after EVERY migrate:
+--
+--     pmta-pipe migrate --dsn 'service=pmta-owner'
+--     psql 'service=pmta-owner' -v ON_ERROR_STOP=1 -f deploy/roles.sql
+--
+-- Idempotent: running it twice changes nothing the second time. Re-running it after
+-- a migration grants the views and tables that migration added.
+--
+-- The three group roles (NOLOGIN; people and programs log in with their own roles,
+-- which are granted membership):
+--
+--   pmta_reader   SELECT on the report views of schema pmta and on the reference
+--                 tables (pmta.mailbox_providers, pmta.diag_rules,
+--                 pmta.alert_thresholds). For BI tools (Grafana, Metabase, psql).
+--                 It cannot read pmta.events or pmta.rejects, which hold e-mail
+--                 addresses, message headers and raw accounting lines (personal
+--                 data), and it is not granted a view that shows one of the columns
+--                 listed in pii_columns below.
+--   pmta_analyst  pmta_reader plus pmta.events, pmta.rejects and the views that show
+--                 personal data: for the few people who drill down to recipients.
+--   pmta_writer   what `pmta-pipe ingest`, `import`, `replay`, `status` and `prune`
+--                 need: CONNECT and TEMPORARY on the database (the loader stages each
+--                 batch in temporary tables), USAGE and CREATE on schema pmta (ingest
+--                 checks the schema with CREATE TABLE IF NOT EXISTS), SELECT, INSERT,
+--                 UPDATE, DELETE on the tables of schema pmta (read only on
+--                 pmta.schema_migrations), sequences, and EXECUTE on
+--                 pmta.ensure_partitions. Not a superuser, no CREATEDB, no
+--                 CREATEROLE, no CREATE on the database (so no other schema).
+--
+-- The schema owner is not one of these: `pmta-pipe migrate` creates and alters
+-- tables, views and functions, which PostgreSQL allows only to their owner. Run
+-- migrate (and this file) as the owner, ingest as a member of pmta_writer.
+--
+-- Daily partitions: PostgreSQL lets only the owner of pmta.events create a
+-- partition of it. This file therefore makes pmta.ensure_partitions(date[]) run with
+-- its owner's rights (SECURITY DEFINER, with a fixed search_path), and lets only the
+-- owner and pmta_writer call it. It takes dates and creates pmta.events_YYYYMMDD
+-- partitions, nothing else.
+--
+-- Role names can be changed with psql variables (roles are cluster-wide, so two
+-- databases on one server can use different names):
+--
+--     psql ... -v reader=acme_pmta_reader -v writer=acme_pmta_writer \
+--              -v analyst=acme_pmta_analyst -f deploy/roles.sql
+--
+-- Login roles (examples; set passwords with \password so that they never appear in
+-- the server log or in shell history):
+--
+--     CREATE ROLE grafana LOGIN IN ROLE pmta_reader;  \password grafana
+--     CREATE ROLE metabase LOGIN IN ROLE pmta_reader; \password metabase
+--     CREATE ROLE alice LOGIN IN ROLE pmta_analyst;   \password alice
+--     CREATE ROLE pmta_ingest LOGIN IN ROLE pmta_writer; \password pmta_ingest
+--
+-- Creating the group roles needs CREATEROLE (or a superuser); when they exist
+-- already (created by a DBA), the owner only needs to be able to grant on its own
+-- objects, which it can.
+
+\set ON_ERROR_STOP on
+\if :{?reader}
+\else
+\set reader pmta_reader
+\endif
+\if :{?writer}
+\else
+\set writer pmta_writer
+\endif
+\if :{?analyst}
+\else
+\set analyst pmta_analyst
+\endif
+
+-- psql variables are not expanded inside dollar-quoted blocks: hand them over as
+-- settings of this session.
+SELECT set_config('pmta_roles.reader', :'reader', false),
+       set_config('pmta_roles.writer', :'writer', false),
+       set_config('pmta_roles.analyst', :'analyst', false) \gset
+
+SET client_min_messages = warning;
+
+BEGIN;
+
+DO $roles$
+DECLARE
+    reader  text := current_setting('pmta_roles.reader');
+    writer  text := current_setting('pmta_roles.writer');
+    analyst text := current_setting('pmta_roles.analyst');
+    -- a view showing one of these columns shows personal data: analyst only
+    pii_columns constant text[] := ARRAY['rcpt', 'orig', 'orcpt', 'raw_line', 'header_line',
+                                         'extra', 'rcpt_local', 'email', 'address'];
+    reference_tables constant text[] := ARRAY['pmta.mailbox_providers', 'pmta.diag_rules',
+                                              'pmta.alert_thresholds'];
+    owner   text;
+    r       record;
+    t       text;
+BEGIN
+    IF to_regnamespace('pmta') IS NULL THEN
+        RAISE EXCEPTION 'schema pmta does not exist'
+            USING HINT = 'run pmta-pipe migrate first, as the schema owner';
+    END IF;
+    SELECT nspowner::regrole::text INTO owner FROM pg_namespace WHERE nspname = 'pmta';
+
+    -- group roles ------------------------------------------------------------
+    FOREACH t IN ARRAY ARRAY[reader, writer, analyst] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = t) THEN
+            EXECUTE format('CREATE ROLE %I NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE', t);
+        END IF;
+    END LOOP;
+    IF NOT pg_has_role(analyst, reader, 'MEMBER') THEN
+        EXECUTE format('GRANT %I TO %I', reader, analyst);
+    END IF;
+
+    -- database -----------------------------------------------------------------
+    EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I, %I, %I',
+                   current_database(), reader, analyst, writer);
+    EXECUTE format('GRANT TEMPORARY ON DATABASE %I TO %I', current_database(), writer);
+
+    -- schema -------------------------------------------------------------------
+    EXECUTE format('GRANT USAGE ON SCHEMA pmta TO %I, %I', reader, writer);
+    EXECUTE format('GRANT CREATE ON SCHEMA pmta TO %I', writer);
+
+    -- writer: every table and sequence of the schema, today and later ---------------
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA pmta TO %I',
+                   writer);
+    EXECUTE format('GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA pmta TO %I', writer);
+    IF to_regclass('pmta.schema_migrations') IS NOT NULL THEN
+        EXECUTE format('REVOKE INSERT, UPDATE, DELETE ON pmta.schema_migrations FROM %I',
+                       writer);
+    END IF;
+    -- tables the owner creates later (rollups, ledgers, new daily partitions):
+    -- ALTER DEFAULT PRIVILEGES does not distinguish views from tables, so the reader
+    -- gets nothing here; it gets new views when this file runs again.
+    EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA pmta '
+                   'GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO %I', owner, writer);
+    EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA pmta '
+                   'GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO %I', owner, writer);
+
+    -- partitions: created with the owner's rights, by the owner and the writer only --
+    IF to_regprocedure('pmta.ensure_partitions(date[])') IS NOT NULL THEN
+        ALTER FUNCTION pmta.ensure_partitions(date[])
+            SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+    END IF;
+    -- every SECURITY DEFINER function of the schema: not callable by PUBLIC
+    FOR r IN
+        SELECT p.oid::regprocedure AS fn
+        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = 'pmta' AND p.prosecdef
+    LOOP
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', r.fn);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', r.fn, writer);
+    END LOOP;
+
+    -- reader: the report views without personal data; analyst: the others ---------
+    FOR r IN
+        SELECT c.oid::regclass AS rel,
+               EXISTS (SELECT 1 FROM pg_attribute a
+                       WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                         AND a.attname = ANY (pii_columns)) AS personal
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = 'pmta' AND c.relkind IN ('v', 'm')
+    LOOP
+        IF r.personal THEN
+            EXECUTE format('REVOKE SELECT ON %s FROM %I', r.rel, reader);
+            EXECUTE format('GRANT SELECT ON %s TO %I', r.rel, analyst);
+        ELSE
+            EXECUTE format('GRANT SELECT ON %s TO %I', r.rel, reader);
+        END IF;
+    END LOOP;
+
+    FOREACH t IN ARRAY reference_tables LOOP
+        IF to_regclass(t) IS NOT NULL THEN
+            EXECUTE format('GRANT SELECT ON %s TO %I', t, reader);
+        END IF;
+    END LOOP;
+
+    -- analyst: the raw data, personal data included ------------------------------
+    FOREACH t IN ARRAY ARRAY['pmta.events', 'pmta.rejects'] LOOP
+        IF to_regclass(t) IS NOT NULL THEN
+            EXECUTE format('GRANT SELECT ON %s TO %I', t, analyst);
+        END IF;
+    END LOOP;
+END
+$roles$;
+
+COMMIT;

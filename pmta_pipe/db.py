@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 
 import psycopg
@@ -35,7 +36,9 @@ def describe(conninfo: str) -> str:
     try:
         params = conninfo_to_dict(conninfo)
     except psycopg.ProgrammingError as exc:
-        raise ConfigError(f"invalid DSN: {exc}", "use a libpq URI or key=value string") from None
+        # libpq quotes the part of the DSN it could not read, which may hold the password
+        reason = re.sub(r'"[^"]*"', '"…"', str(exc)).strip().splitlines()[0]
+        raise ConfigError(f"invalid DSN: {reason}", "use a libpq URI or key=value string") from None
     host = str(params.get("host") or os.environ.get("PGHOST") or "local socket")
     if host.startswith("/"):
         host = f"socket {host}"

@@ -57,10 +57,11 @@ class RecordAssembler:
 class ChunkSplitter:
     """Cuts arbitrary chunks of a byte stream into whole records."""
 
-    __slots__ = ("_asm", "_rest")
+    __slots__ = ("_asm", "_max", "_rest")
 
     def __init__(self, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
         self._asm = RecordAssembler(max_record_bytes)
+        self._max = max_record_bytes
         self._rest = b""
 
     def feed(self, chunk: bytes, out: list[bytes]) -> None:
@@ -74,6 +75,17 @@ class ChunkSplitter:
             rec = push(line)
             if rec is not None:
                 out.append(rec)
+        if len(self._rest) >= self._max:
+            self._cut_long_line(out)
+
+    def _cut_long_line(self, out: list[bytes]) -> None:
+        """A line with no break for ``max_record_bytes``: hand it on in pieces of that size."""
+        pending = self._asm.flush()
+        if pending is not None:
+            out.append(pending)
+        while len(self._rest) >= self._max:
+            out.append(self._rest[: self._max])
+            self._rest = self._rest[self._max :]
 
     def finish(self, out: list[bytes]) -> None:
         """At end of input: hand on the last line (with no line break) and anything pending."""

@@ -4,7 +4,7 @@ Threads and hand-offs::
 
     stdin --reader thread--> spool (append + fsync) --> pending queue
                                                           |
-          PostgreSQL <-- Loader <-- parse <-- main thread-+ (reads back batches kept on disk only)
+    PostgreSQL <-- loader thread <-- parse (main thread) -+ (reads back batches kept on disk only)
 
 * The reader thread (``reader.StreamReader`` with ``Journal`` as its sink) cuts
   records, journals each batch durably in the spool (``spool.SpoolWriter``) and queues
@@ -13,9 +13,13 @@ Threads and hand-offs::
   only their place in the spool ("on disk only"); the main thread reads those back.
 * The main thread finds the database (starting the embedded one if that is the
   target), applies migrations on the first connection, loads orphaned segments left
-  by dead processes (at start and every ``RECOVER_SECONDS``), then loads the queue in
-  order. Each committed batch is acknowledged to the spool, which deletes a segment
-  once all its batches are committed. The loader retries transient errors forever
+  by dead processes (at start and every ``RECOVER_SECONDS``, the latter on a
+  connection of its own), then parses the queue in order and hands each parsed batch
+  to a loader thread (``load.PipelinedLoader``, at most ``LOAD_DEPTH`` batches ahead),
+  so that parsing the next batch overlaps loading the previous one (psycopg releases
+  the GIL while PostgreSQL works). Each committed batch is acknowledged to the spool
+  from the loader thread, right after its commit; the spool deletes a segment once
+  all its batches are committed. The loader retries transient errors forever
   (exponential backoff with jitter, capped; logged once when the database goes away
   and once when it is back), so a database outage only makes the spool grow.
 * Spool full (``--spool-max-bytes``, every process's segments counted): the reader
@@ -32,6 +36,7 @@ Threads and hand-offs::
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import signal
 import threading
@@ -43,13 +48,13 @@ from types import FrameType
 from pmta_pipe import db
 from pmta_pipe.config import Settings
 from pmta_pipe.errors import DatabaseUnavailable
-from pmta_pipe.load import Loader, LoadResult
+from pmta_pipe.load import Loader, LoadResult, PipelinedLoader
 from pmta_pipe.parse import RecordParser
 from pmta_pipe.reader import RawBatch, StreamReader
 from pmta_pipe.replay import (
     EX_TEMPFAIL,
     BatchLedger,
-    load_spooled,
+    LedgerEntry,
     migrating_loader,
     recover_orphans,
 )
@@ -59,8 +64,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["IngestSummary", "SpooledForLater", "migrating_loader", "run_ingest"]
 
-MAX_MEMORY_BATCHES = 64
-MAX_MEMORY_BYTES = 256 << 20
+MAX_MEMORY_BATCHES = 8  # beyond this, batches wait on disk only (bounded memory)
+MAX_MEMORY_BYTES = 64 << 20
+LOAD_DEPTH = 2  # parsed batches waiting for the loader thread
 RECOVER_SECONDS = 60.0
 FULL_LOG_SECONDS = 60.0
 RETRY_WAIT_MAX = 10.0  # longest pause between two attempts to reach the database
@@ -252,10 +258,13 @@ def run_ingest(settings: Settings, fd: int = 0) -> IngestSummary:
 
     parser = RecordParser(source)
     ledger = BatchLedger()
-    total = LoadResult()
     recovered = 0
     loader: Loader | None = None
+    pipeline: PipelinedLoader | None = None
+    recovery: Loader | None = None
+    recovery_ledger = BatchLedger()
     unavailable: DatabaseUnavailable | None = None
+    total = LoadResult()
     try:
         target = db.resolve_target(settings)
         log.info("loading into %s as source %r; spool %s", target.description, source,
@@ -264,6 +273,23 @@ def run_ingest(settings: Settings, fd: int = 0) -> IngestSummary:
             target.conninfo, after_load=ledger, interrupt=interrupt, max_wait=RETRY_WAIT_MAX
         )
         recovered += _recover(spool, loader, ledger, source)
+
+        def before_load(tag: object) -> None:
+            ledger.current = tag[1] if isinstance(tag, tuple) else None
+
+        def on_loaded(tag: object, result: LoadResult) -> None:
+            ledger.current = None
+            ref = tag[0] if isinstance(tag, tuple) else None
+            if isinstance(ref, BatchRef):
+                spool.committed(ref)
+            log.debug(
+                "batch: %d records, %d inserted, %d duplicates, %d rejected",
+                result.records, result.inserted, result.duplicates, result.rejected,
+            )  # fmt: skip
+
+        pipeline = PipelinedLoader(
+            loader, depth=LOAD_DEPTH, before_load=before_load, on_loaded=on_loaded
+        )
         next_scan = time.monotonic() + RECOVER_SECONDS
         while True:
             item = pending.get(max(0.05, next_scan - time.monotonic()))
@@ -274,23 +300,34 @@ def run_ingest(settings: Settings, fd: int = 0) -> IngestSummary:
                 if batch is None:
                     assert item.ref is not None  # only durable batches are kept on disk only
                     batch = spool.read_batch(item.ref)
-                result = load_spooled(loader, ledger, parser, batch)
-                if item.ref is not None:
-                    spool.committed(item.ref)
-                total.add(result)
-                log.debug(
-                    "batch: %d records, %d inserted, %d duplicates, %d rejected",
-                    result.records, result.inserted, result.duplicates, result.rejected,
-                )  # fmt: skip
+                parsed = parser.parse(
+                    batch.records, batch.received_at, first_position=batch.first_position
+                )
+                if not parsed.records:  # header lines only: nothing to load
+                    if item.ref is not None:
+                        spool.committed(item.ref)
+                    continue
+                entry = LedgerEntry(source, batch.ref, parsed.records, batch.received_at)
+                pipeline.submit(parsed, parser.header_line, tag=(item.ref, entry))
             if time.monotonic() >= next_scan:
-                recovered += _recover(spool, loader, ledger, source)
+                if recovery is None:  # the loader thread owns the first connection
+                    recovery = Loader(target.conninfo, after_load=recovery_ledger,
+                                      interrupt=interrupt, max_wait=RETRY_WAIT_MAX)  # fmt: skip
+                recovered += _recover(spool, recovery, recovery_ledger, source)
                 next_scan = time.monotonic() + RECOVER_SECONDS
+        total = pipeline.close()
+        pipeline = None
     except DatabaseUnavailable as exc:
         unavailable = exc
     finally:
         reader.request_stop()
-        if loader is not None:
-            loader.close()
+        if pipeline is not None:
+            with contextlib.suppress(BaseException):
+                pipeline.close()
+            total = pipeline.total
+        for each in (loader, recovery):
+            if each is not None:
+                each.close()
         reader.join()
         left = spool.close()
     if reader.error is not None:

@@ -291,8 +291,10 @@ class Loader:
             if len(rows) <= 1:
                 reason = f"refused by the database: {_one_line(exc)}"
                 moved = [Reject(raws[0], reason, positions[0])] if rows else []
-                log.warning("record %s refused by the database: %s",
-                            positions[0] if rows else "?", _one_line(exc))  # fmt: skip
+                # the server's message may quote the value (an address): it goes to
+                # pmta.rejects.reason, the log gets the position and SQLSTATE only
+                log.warning("record %s refused by the database (SQLSTATE %s); see pmta.rejects",
+                            positions[0] if rows else "?", exc.sqlstate)  # fmt: skip
                 return self._load_once([], [*rejects, *moved], set(), source, header_line)
             half = len(rows) // 2
             log.info("splitting a batch of %d records to isolate a refused record", len(rows))
@@ -387,7 +389,9 @@ class PipelinedLoader:
     """A ``Loader`` in a thread of its own: ``submit`` returns once the batch is queued.
 
     The queue holds at most ``depth`` batches, so memory stays bounded and a slow
-    database slows the caller down (back-pressure). ``on_loaded(tag, result)`` runs
+    database slows the caller down (back-pressure). ``before_load(tag)`` runs in the
+    loading thread just before each batch (for a hook that must know which batch the
+    transaction is for), and ``on_loaded(tag, result)`` runs
     in the loading thread right after each batch's commit, in submission order: a
     spool can release the batch there. The first error of the loading thread (such
     as ``DatabaseUnavailable``) stops it; ``submit`` and ``close`` raise it; batches
@@ -400,9 +404,11 @@ class PipelinedLoader:
         *,
         depth: int = 2,
         on_loaded: Callable[[object, LoadResult], None] | None = None,
+        before_load: Callable[[object], None] | None = None,
     ) -> None:
         self.loader = loader
         self.on_loaded = on_loaded
+        self.before_load = before_load
         self.total = LoadResult()
         self.error: BaseException | None = None
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
@@ -443,6 +449,8 @@ class PipelinedLoader:
                 return
             batch, header_line, tag = item
             try:
+                if self.before_load is not None:
+                    self.before_load(tag)
                 result = self.loader.load(batch, header_line)
                 self.total.add(result)
                 if self.on_loaded is not None:

@@ -94,7 +94,11 @@ def apply_migrations(conn: psycopg.Connection[Any]) -> list[str]:
     conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
     try:
         conn.execute("SET client_min_messages = warning")
-        conn.execute("CREATE SCHEMA IF NOT EXISTS pmta")
+        # IF NOT EXISTS alone still needs CREATE on the database: a pmta_writer login
+        # (deploy/roles.sql) may run ingest against a schema its owner made
+        row = conn.execute("SELECT to_regnamespace('pmta') IS NULL").fetchone()
+        if row and row[0]:
+            conn.execute("CREATE SCHEMA pmta")
         conn.execute(
             """CREATE TABLE IF NOT EXISTS pmta.schema_migrations (
                    version integer PRIMARY KEY,

@@ -286,7 +286,7 @@ def render(kind: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]], f
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(columns)
-        w.writerows([["" if v is None else _plain(v) for v in r] for r in rows])
+        w.writerows([[_csv_cell(v) for v in r] for r in rows])
         return buf.getvalue()
     spec = REPORTS[kind]
     numeric = [c not in spec.keys or c in spec.numeric_keys for c in columns]
@@ -294,6 +294,22 @@ def render(kind: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]], f
         columns, [[_cell(c, v) for c, v in zip(columns, r, strict=True)] for r in rows], numeric
     )
     return text if rows else text + "(no rows)\n"
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(value: object) -> object:
+    """A CSV cell a spreadsheet will not run: text starting like a formula gets a ``'``."""
+    if value is None:
+        return ""
+    plain = _plain(value)
+    if isinstance(plain, str) and plain.startswith(_FORMULA_START):
+        try:
+            float(plain)
+        except ValueError:
+            return "'" + plain
+    return plain
 
 
 def run_report(settings: Settings, args: argparse.Namespace) -> int:

@@ -48,7 +48,7 @@ DEFERRALS = {
             "detected an unusual rate of unsolicited mail originating from your IP address. "
             "To protect our users from spam, mail sent from your IP address has been temporarily "
             "rate limited. https://support.google.com/mail/?p=UnsolicitedRateLimitError "
-            "a1si123456qkb.123 - gsmtp",
+            "{gid} - gsmtp",
             "policy-related",
         ),
     ],
@@ -129,7 +129,8 @@ def generate(
             row[6:11] = ["relayed", "2.0.0 (success)", "smtp;250 2.0.0 OK accepted", mta, ""]
         elif rtype in ("t", "tq"):
             status, diag, cat = rnd.choice(DEFERRALS.get(dom, [GREYLIST]))
-            row[6:11] = ["delayed", status, diag.format(rcpt=rcpt, dom=dom), mta, cat]
+            gid = f"{rnd.getrandbits(40):x}si{rnd.randrange(10**6)}qkb.{rnd.randrange(1000)}"
+            row[6:11] = ["delayed", status, diag.format(rcpt=rcpt, dom=dom, gid=gid), mta, cat]
             if rtype == "tq":
                 row[3:6] = ["", "", ""]
         elif rtype == "b":

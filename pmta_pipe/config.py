@@ -105,7 +105,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("source", "--source", _text,
            "name stored on every row for this PowerMTA host (default: the host name)", "NAME"),
     Option("batch_rows", "--batch-rows", _positive_int,
-           "most records in one batch (default 10000)", "N"),
+           "most records in one batch (default 5000)", "N"),
     Option("batch_seconds", "--batch-seconds", _positive_float,
            "longest a record waits before its batch is committed (default 1.0)", "SECONDS"),
     Option("spool_dir", "--spool-dir", _path,
@@ -149,7 +149,7 @@ class Settings:
     dsn: str | None = None
     data_dir: Path | None = None
     source: str | None = None
-    batch_rows: int = 10000
+    batch_rows: int = 5000
     batch_seconds: float = 1.0
     spool_dir: Path | None = None
     spool_max_bytes: int = 10 << 30

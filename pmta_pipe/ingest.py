@@ -64,9 +64,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["IngestSummary", "SpooledForLater", "migrating_loader", "run_ingest"]
 
-MAX_MEMORY_BATCHES = 8  # beyond this, batches wait on disk only (bounded memory)
-MAX_MEMORY_BYTES = 64 << 20
-LOAD_DEPTH = 2  # parsed batches waiting for the loader thread
+MAX_MEMORY_BATCHES = 2  # beyond this, batches wait on disk only (bounded memory)
+MAX_MEMORY_BYTES = 32 << 20
+LOAD_DEPTH = 1  # parsed batches waiting for the loader thread
 RECOVER_SECONDS = 60.0
 FULL_LOG_SECONDS = 60.0
 RETRY_WAIT_MAX = 10.0  # longest pause between two attempts to reach the database

@@ -69,7 +69,7 @@ def test_unreachable_database_for_migrate_is_one_line(cli_env: dict[str, str]) -
 
 
 def test_settings_precedence_flag_over_env_over_default() -> None:
-    assert resolve({}, {}).batch_rows == 10000
+    assert resolve({}, {}).batch_rows == 5000
     assert resolve({}, {"PMTA_PIPE_BATCH_ROWS": "50"}).batch_rows == 50
     assert resolve({"batch_rows": 7}, {"PMTA_PIPE_BATCH_ROWS": "50"}).batch_rows == 7
     assert resolve({}, {"PMTA_PIPE_SPOOL_MAX_BYTES": "2G"}).spool_max_bytes == 2 << 30

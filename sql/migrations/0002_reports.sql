@@ -394,15 +394,22 @@ BEGIN
     ON CONFLICT (bucket, source, record_type, rcpt_domain, dlv_source_ip, bounce_cat)
     DO UPDATE SET n = r.n + excluded.n;
 
+    -- grouped first by the raw texts, so that the normalization runs once per distinct
+    -- diagnostic of a group rather than once per record
     INSERT INTO pmta.rollup_diag AS r
         (bucket, source, record_type, rcpt_domain, dlv_source_ip, vmta, code, pattern, n, example)
-    SELECT pmta.utc_day(e.time_logged), e.source, e.record_type,
-           pmta.rollup_domain(e.record_type, e.rcpt_domain, e.queue),
-           pmta.rollup_ip(e.record_type, e.dlv_source_ip, e.rep_source_ip),
-           coalesce(e.vmta, ''), pmta.reply_code(e.dsn_diag, e.dsn_status),
-           pmta.diag_pattern(e.dsn_diag), count(*), min(e.dsn_diag)
-    FROM pg_temp.batch_inserted e
-    WHERE e.record_type IN ('t', 'tq', 'b', 'rb')
+    SELECT g.bucket, g.source, g.record_type, g.rcpt_domain, g.ip, g.vmta,
+           pmta.reply_code(g.dsn_diag, g.dsn_status), pmta.diag_pattern(g.dsn_diag),
+           sum(g.n), min(g.dsn_diag)
+    FROM (
+        SELECT pmta.utc_day(e.time_logged) AS bucket, e.source, e.record_type,
+               pmta.rollup_domain(e.record_type, e.rcpt_domain, e.queue) AS rcpt_domain,
+               pmta.rollup_ip(e.record_type, e.dlv_source_ip, e.rep_source_ip) AS ip,
+               coalesce(e.vmta, '') AS vmta, e.dsn_diag, e.dsn_status, count(*) AS n
+        FROM pg_temp.batch_inserted e
+        WHERE e.record_type IN ('t', 'tq', 'b', 'rb')
+        GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
+    ) g
     GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
     ORDER BY 1, 2, 3, 4, 5, 6, 7, 8
     ON CONFLICT (bucket, source, record_type, rcpt_domain, dlv_source_ip, vmta, code, pattern)

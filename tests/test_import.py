@@ -5,6 +5,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import lzma
+from datetime import datetime, timezone
 from pathlib import Path
 
 import psycopg
@@ -184,11 +185,9 @@ def test_records_without_timestamps_get_the_file_time_and_dedupe(
     run(dsn, [str(path)])
     run(dsn, [str(path)], force=True)
     assert events(conn) == 2
-    mtime = path.stat().st_mtime
-    assert (
-        count(conn, "SELECT count(*) FROM pmta.events WHERE time_logged = to_timestamp(%s)", mtime)
-        == 2
-    )
+    # the file time as Python reads it (microseconds), not as to_timestamp(float) rounds it
+    mtime = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+    assert count(conn, "SELECT count(*) FROM pmta.events WHERE time_logged = %s", mtime) == 2
 
 
 def test_parallel_jobs_load_every_file(dsn: str, conn: Conn, tmp_path: Path) -> None:

@@ -45,8 +45,13 @@ SELECT s.day, s.dlv_source_ip, NULL::text, t.alert,
        s.delivered::double precision, t.threshold, s.attempts
 FROM pmta.ip_summary s
 JOIN pmta.alert_thresholds t ON t.alert = 'ip_stopped_delivering'
-JOIN pmta.ip_summary prev ON prev.dlv_source_ip = s.dlv_source_ip AND prev.day = s.day - 1
 WHERE s.dlv_source_ip IS NOT NULL
-  AND prev.delivered > 0
+  -- delivered the day before: a probe of that one day of the daily rollup by its primary
+  -- key, so that the cost follows the window asked for, not the days kept
+  AND EXISTS (SELECT 1 FROM pmta.rollup_daily prev
+              WHERE prev.bucket = ((s.day - 1)::timestamp AT TIME ZONE 'UTC')
+                AND prev.record_type = 'd'
+                AND prev.dlv_source_ip = s.dlv_source_ip
+                AND prev.n > 0)
   AND s.attempts >= t.min_attempts
   AND s.delivered <= t.threshold;

@@ -64,7 +64,7 @@ from pmta_pipe.reader import iter_batches
 log = logging.getLogger(__name__)
 
 HOLD_TAIL_SECONDS = 300.0
-MAX_PENDING_BATCHES = 4
+MAX_PENDING_BATCHES = 1
 RETRY_FOR = 120.0  # seconds the database may be away before the import gives up
 
 

@@ -100,3 +100,37 @@ def test_migrate_command(cli_env: dict[str, str], empty_dsn: str) -> None:
 def test_packaged_sql_dir_exists_in_source_tree() -> None:
     assert (migrate.sql_dir() / "migrations" / "0001_events.sql").is_file()
     assert Path(migrate.sql_dir()).name == "sql"
+
+
+def test_rollups_count_events_loaded_before_they_existed(empty_dsn: str) -> None:
+    """An upgrade from schema 1: the reports migration rolls up the events already there."""
+    from datetime import datetime, timezone
+
+    from pmta_pipe.load import Loader
+    from pmta_pipe.parse import RecordParser
+    from tests.helpers import stream, type_counts
+
+    first = migrate.load_migrations()[0]
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA pmta")
+        conn.execute(first.sql.encode())
+        conn.execute(
+            "CREATE TABLE pmta.schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+            " checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        conn.execute(
+            "INSERT INTO pmta.schema_migrations VALUES (1, %s, %s)", (first.name, first.checksum)
+        )
+    data = stream(2000, days=2, seed=3)
+    parser = RecordParser("old-host")
+    loader = Loader(empty_dsn)
+    loader.load(parser.parse(data.splitlines(), datetime.now(timezone.utc)), parser.header_line)
+    loader.close()
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        applied = migrate.apply_migrations(conn)
+        assert applied and "0001_events" not in applied
+        expected = type_counts(data)
+        got = dict(
+            conn.execute("SELECT record_type, sum(n) FROM pmta.rollup_daily GROUP BY 1").fetchall()
+        )
+        assert {k: int(v) for k, v in got.items()} == dict(expected)

@@ -432,3 +432,8 @@ BEGIN
     ON CONFLICT (bucket, source, rcpt_domain, bin)
     DO UPDATE SET n = r.n + excluded.n;
 END $$;
+
+-- Events loaded before this migration count in the rollups too: the same function,
+-- over every row already in pmta.events.
+CREATE TEMP TABLE batch_inserted ON COMMIT DROP AS SELECT * FROM pmta.events;
+SELECT pmta.apply_rollups();

@@ -246,6 +246,8 @@ def time_pgloader(admin: str, path: Path, records: int) -> tuple[float, float]:
         user = p.get("user") or "postgres"
         pw = f":{p['password']}" if p.get("password") else ""
         host, port = p.get("host", "localhost"), p.get("port", 5432)
+        if str(host).startswith("/"):
+            raise RuntimeError("pgloader needs a TCP server: run the benchmark with --dsn")
         target = f"postgresql://{user}{pw}@{host}:{port}/{p['dbname']}"
         cols = ", ".join(n for n, _ in BASE_COLUMNS)
         command = (

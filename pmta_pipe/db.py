@@ -60,7 +60,7 @@ def resolve_target(settings: Settings, *, start_embedded: bool = True) -> Target
 
     data_dir = settings.data_path
     if not start_embedded:
-        return Target("", True, f"embedded PostgreSQL in {data_dir} (not started)")
+        return Target("", True, f"embedded PostgreSQL in {data_dir}")  # not started here
     try:
         uri = embedded.start(data_dir)
     except Exception as exc:  # the library raises plain subprocess/OS errors

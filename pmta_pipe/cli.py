@@ -19,7 +19,7 @@ import psycopg
 
 from pmta_pipe import __version__
 from pmta_pipe.config import OPTION_BY_NAME, Settings, resolve
-from pmta_pipe.errors import ConfigError, PmtaPipeError
+from pmta_pipe.errors import ConfigError, PmtaPipeError, first_line
 
 log = logging.getLogger("pmta_pipe")
 
@@ -246,19 +246,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except psycopg.OperationalError as exc:
         if debug:
             log.exception("database error")
-        lines = str(exc).strip().splitlines()
-        first = lines[0] if lines else type(exc).__name__
         sys.stderr.write(
-            f"error: cannot use the database: {first} "
+            f"error: cannot use the database: {first_line(exc)} "
             "(hint: check --dsn / PMTA_PIPE_DSN and that PostgreSQL is running)\n"
         )
         return 1
     except Exception as exc:  # a bug or an unexpected environment: one line, details at debug
         if debug:
             log.exception("unexpected error")
-        text = str(exc).strip().splitlines()
         sys.stderr.write(
-            f"error: {type(exc).__name__}: {text[0] if text else ''} "
+            f"error: {type(exc).__name__}: {first_line(exc)} "
             "(hint: run again with --log-level debug for details)\n"
         )
         return 1

@@ -7,6 +7,12 @@ non-zero, with a traceback only at debug level.
 from __future__ import annotations
 
 
+def first_line(exc: BaseException | None) -> str:
+    """The first line of an exception's message (libpq's run over several), or its class."""
+    lines = str(exc or "").strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 class PmtaPipeError(Exception):
     """Base of every error pmta-pipe raises on purpose."""
 

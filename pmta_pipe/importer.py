@@ -53,7 +53,7 @@ import psycopg
 
 from pmta_pipe import compression, db, ledger
 from pmta_pipe.config import Settings
-from pmta_pipe.errors import DatabaseUnavailable, PmtaPipeError
+from pmta_pipe.errors import DatabaseUnavailable, PmtaPipeError, first_line
 from pmta_pipe.inputs import STDIN, FilePlan, find_inputs, plan_file
 from pmta_pipe.load import Loader, LoadResult
 from pmta_pipe.migrate import apply_migrations
@@ -298,7 +298,7 @@ def import_files(
         ledger_conn = db.connect(target.conninfo, autocommit=True)
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(
-            f"cannot connect to the database: {str(exc).strip().splitlines()[0]}",
+            f"cannot connect to the database: {first_line(exc)}",
             "check --dsn and that PostgreSQL is running",
         ) from exc
     with ledger_conn:

@@ -57,8 +57,9 @@ import tenacity
 from psycopg import errors as pg_errors
 
 from pmta_pipe import db
-from pmta_pipe.errors import DatabaseUnavailable
+from pmta_pipe.errors import DatabaseUnavailable, first_line
 from pmta_pipe.fields import EVENT_COLUMNS
+from pmta_pipe.migrate import apply_migrations
 from pmta_pipe.parse import ParsedBatch, Reject
 
 log = logging.getLogger(__name__)
@@ -158,17 +159,12 @@ class _Backoff:
         if self.down_since is None:
             self.down_since = time.monotonic()
             exc = state.outcome.exception() if state.outcome else None
-            log.warning("database unavailable (%s); retrying with backoff", _one_line(exc))
+            log.warning("database unavailable (%s); retrying with backoff", first_line(exc))
 
     def recovered(self) -> None:
         if self.down_since is not None:
             log.warning("database back after %.1f s", time.monotonic() - self.down_since)
             self.down_since = None
-
-
-def _one_line(exc: BaseException | None) -> str:
-    text = str(exc or "unknown error").strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 class Loader:
@@ -182,8 +178,10 @@ class Loader:
         max_wait: float = 30.0,
         after_load: Callable[[psycopg.Connection[Any], LoadResult], None] | None = None,
         interrupt: threading.Event | None = None,
+        migrate: bool = False,
     ) -> None:
         self.conninfo = conninfo
+        self.migrate = migrate  # bring the schema up to date before the first connection
         self.retry_for = retry_for  # seconds before giving up; None = never
         self.max_wait = max_wait
         self.after_load = after_load  # runs inside the batch transaction
@@ -197,6 +195,10 @@ class Loader:
     # -- connection -------------------------------------------------------
     def connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
+            if self.migrate:
+                with db.connect(self.conninfo, autocommit=True) as admin:
+                    apply_migrations(admin)
+                self.migrate = False
             conn = db.connect(self.conninfo, autocommit=True)
             for stmt in _SETUP:
                 conn.execute(stmt)
@@ -257,7 +259,7 @@ class Loader:
         except BaseException as exc:
             if is_transient(exc):
                 raise DatabaseUnavailable(
-                    f"database unavailable: {_one_line(exc)}",
+                    f"database unavailable: {first_line(exc)}",
                     "the records stay in the spool; run 'pmta-pipe replay' when it is back",
                 ) from exc
             raise
@@ -289,7 +291,7 @@ class Loader:
             if conn is not None and not conn.closed:
                 conn.rollback()
             if len(rows) <= 1:
-                reason = f"refused by the database: {_one_line(exc)}"
+                reason = f"refused by the database: {first_line(exc)}"
                 moved = [Reject(raws[0], reason, positions[0])] if rows else []
                 # the server's message may quote the value (an address): it goes to
                 # pmta.rejects.reason, the log gets the position and SQLSTATE only

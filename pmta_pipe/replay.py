@@ -33,7 +33,6 @@ from pmta_pipe import db
 from pmta_pipe.config import Settings
 from pmta_pipe.errors import DatabaseUnavailable
 from pmta_pipe.load import Loader, LoadResult
-from pmta_pipe.migrate import apply_migrations
 from pmta_pipe.parse import RecordParser
 from pmta_pipe.spool import (
     BatchRef,
@@ -101,20 +100,7 @@ class BatchLedger:
 
 def migrating_loader(conninfo: str, **kwargs: Any) -> Loader:
     """A ``Loader`` that brings the schema up to date on its first connection."""
-    loader = Loader(conninfo, **kwargs)
-    original = loader.connection
-    migrated = False
-
-    def connection() -> Any:
-        nonlocal migrated
-        if not migrated:
-            with db.connect(conninfo, autocommit=True) as conn:
-                apply_migrations(conn)
-            migrated = True
-        return original()
-
-    loader.connection = connection  # type: ignore[method-assign]
-    return loader
+    return Loader(conninfo, migrate=True, **kwargs)
 
 
 def load_spooled(

@@ -31,7 +31,7 @@ import psycopg
 
 from pmta_pipe import db
 from pmta_pipe.config import Settings
-from pmta_pipe.errors import ConfigError, DatabaseUnavailable, PmtaPipeError
+from pmta_pipe.errors import ConfigError, DatabaseUnavailable, PmtaPipeError, first_line
 from pmta_pipe.table import format_table
 
 #: exit code of ``report alerts --fail-on-alert`` when an alert is open
@@ -336,9 +336,8 @@ def run_report(settings: Settings, args: argparse.Namespace) -> int:
             conn.execute("SET jit = off")
             columns, rows = fetch_report(conn, kind, days, filters, args.top)
     except psycopg.OperationalError as exc:
-        first = str(exc).strip().splitlines()
         raise DatabaseUnavailable(
-            f"cannot query {target.description}: {first[0] if first else exc}",
+            f"cannot query {target.description}: {first_line(exc)}",
             "check --dsn and that PostgreSQL is running",
         ) from exc
     sys.stdout.write(render(kind, columns, rows, args.format))

@@ -23,6 +23,7 @@ from typing import Any
 
 from pmta_pipe import db
 from pmta_pipe.config import Settings
+from pmta_pipe.errors import first_line
 from pmta_pipe.migrate import code_version, schema_version
 from pmta_pipe.spool import count_records, is_locked, list_files
 
@@ -67,8 +68,7 @@ def _database(settings: Settings) -> dict[str, Any]:
                     for r in rows
                 ]
     except Exception as exc:  # any failure to reach it is what status reports
-        first = str(exc).strip().splitlines()
-        out["error"] = first[0] if first else type(exc).__name__
+        out["error"] = first_line(exc)
     return out
 
 

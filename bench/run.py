@@ -10,8 +10,6 @@ into a fresh database on the same server, ``--rounds`` times (median reported):
   unindexed table with pmta.events' types for the 23 columns: the floor;
 * ``pmta-pipe ingest``: the console command as a subprocess, file on stdin, until
   every record is committed (typed columns, identity, unique key, rollups, rejects);
-* ``ingest, rollups off (diagnostic)``: the same, into a database whose
-  ``pmta.apply_rollups()`` is a no-op, to show what the report rollups cost;
 * ``pmta-pipe import``: the file gzipped, when the command is available;
 * ``pgloader``: the same file into the baseline table, when pgloader is installed;
 * ``naive pipe``: ``bench/peers/naive_pipe.py`` (row-by-row INSERT, commit every
@@ -189,28 +187,12 @@ def time_copy(admin: str, path: Path, records: int) -> tuple[float, float]:
     return seconds, 0.0
 
 
-NO_ROLLUPS = "CREATE OR REPLACE FUNCTION pmta.apply_rollups() RETURNS void LANGUAGE sql AS 'SELECT'"
-
-
 def pmta_pipe_cmd() -> list[str]:
     return [sys.executable, "-m", "pmta_pipe"]
 
 
 def time_ingest(admin: str, path: Path, records: int) -> tuple[float, float]:
     with database(admin) as dsn:
-        args = [*pmta_pipe_cmd(), "ingest", "--dsn", dsn, "--source", "bench"]
-        seconds, rss, _ = run_child(args, path, child_env())
-        assert count(dsn, "pmta.events") == records
-    return seconds, rss
-
-
-def time_ingest_without_rollups(admin: str, path: Path, records: int) -> tuple[float, float]:
-    """Diagnostic: ingest into a database whose rollups are switched off, to show their cost."""
-    with database(admin) as dsn:
-        subprocess.run([*pmta_pipe_cmd(), "migrate", "--dsn", dsn], check=True,
-                       capture_output=True, env=child_env())  # fmt: skip
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(NO_ROLLUPS)
         args = [*pmta_pipe_cmd(), "ingest", "--dsn", dsn, "--source", "bench"]
         seconds, rss, _ = run_child(args, path, child_env())
         assert count(dsn, "pmta.events") == records
@@ -288,7 +270,6 @@ def bench_size(admin: str, work: Path, records: int, opts: argparse.Namespace) -
     paths: list[tuple[str, Callable[[str, Path, int], tuple[float, float]], str]] = [
         ("COPY (baseline)", time_copy, ""),
         ("pmta-pipe ingest", time_ingest, ""),
-        ("ingest, rollups off (diagnostic)", time_ingest_without_rollups, ""),
     ]
     results: list[Result] = []
     why = import_available(admin, work)
@@ -306,8 +287,6 @@ def bench_size(admin: str, work: Path, records: int, opts: argparse.Namespace) -
         res = Result(name, records, skipped=skip)
         if name.startswith("naive"):
             res.note = note
-        if "rollups off" in name:
-            res.note = "apply_rollups() a no-op in this database"
         results.append(res)
         if skip or name in opts.skip:
             res.skipped = res.skipped or "skipped (--skip)"

@@ -56,7 +56,7 @@ import psycopg
 import tenacity
 from psycopg import errors as pg_errors
 
-from pmta_pipe import db
+from pmta_pipe import db, rollups
 from pmta_pipe.errors import DatabaseUnavailable, first_line
 from pmta_pipe.fields import EVENT_COLUMNS
 from pmta_pipe.migrate import apply_migrations
@@ -70,14 +70,16 @@ _SETUP = (
     "SET temp_buffers = '32MB'",  # before the first use of a temporary table
     "CREATE TEMP TABLE IF NOT EXISTS batch_stage (LIKE pmta.events) ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS batch_inserted (LIKE pmta.events) ON COMMIT DELETE ROWS",
+    rollups.CREATE_TEMP_TABLE,
 )
-_COPY_CSV = "COPY {table} (" + _COLS + ") FROM STDIN (FORMAT csv)"
-_COPY_TEXT = "COPY {table} (" + _COLS + ") FROM STDIN (FORMAT text, NULL '')"
+_COPY_CSV = "COPY {table} ({columns}) FROM STDIN (FORMAT csv)"
+_COPY_TEXT = "COPY {table} ({columns}) FROM STDIN (FORMAT text, NULL '')"
 _FAST_INSERT = (
     "INSERT INTO pmta.events SELECT * FROM batch_inserted ORDER BY time_logged, record_id"
 )
 _FAST_UNDO = ("INSERT INTO batch_stage SELECT * FROM batch_inserted", "DELETE FROM batch_inserted")
 _TEXT_UNSAFE = ("\\", "\r")
+_RECORD_ID = EVENT_COLUMNS.index("record_id")
 _UPSERT = f"""
     WITH ins AS (
         INSERT INTO pmta.events ({_COLS})
@@ -86,6 +88,7 @@ _UPSERT = f"""
         RETURNING *
     )
     INSERT INTO batch_inserted SELECT * FROM ins
+    RETURNING record_id
 """
 _REJECT = """
     INSERT INTO pmta.rejects (reject_id, source, reason, raw_line, position, header_line)
@@ -141,8 +144,8 @@ def render_copy(rows: Sequence[Sequence[str]]) -> tuple[str, str]:
     return "csv", buf.getvalue()
 
 
-def _copy_statement(table: str, fmt: str) -> str:
-    return (_COPY_TEXT if fmt == "text" else _COPY_CSV).format(table=table)
+def _copy_statement(table: str, fmt: str, columns: str = _COLS) -> str:
+    return (_COPY_TEXT if fmt == "text" else _COPY_CSV).format(table=table, columns=columns)
 
 
 def reject_id(raw: str) -> str:
@@ -237,10 +240,17 @@ class Loader:
 
     # -- loading ----------------------------------------------------------
     def load(
-        self, batch: ParsedBatch, header_line: str | None = None, *, retry_for: float | None = -1.0
+        self,
+        batch: ParsedBatch,
+        header_line: str | None = None,
+        *,
+        retry_for: float | None = -1.0,
+        deltas: rollups.Deltas | None = None,
     ) -> LoadResult:
         """Load ``batch`` exactly once; retry transient errors (``retry_for`` seconds, None = ever).
 
+        ``deltas``, when given, are the rollups of all of ``batch.rows``, counted
+        ahead (see ``PipelinedLoader``); they are used when every row is new.
         Raises ``DatabaseUnavailable`` when the database stays away longer than that.
         """
         stop_after = self.retry_for if retry_for == -1.0 else retry_for
@@ -250,7 +260,7 @@ class Loader:
                     try:
                         result = self._load_splitting(
                             batch.rows, batch.raw, batch.positions, batch.rejects,
-                            batch.days, batch.source, header_line,
+                            batch.days, batch.source, header_line, deltas,
                         )  # fmt: skip
                     except BaseException as exc:
                         if is_transient(exc):
@@ -275,15 +285,16 @@ class Loader:
         days: set[date],
         source: str,
         header_line: str | None,
+        deltas: rollups.Deltas | None = None,
     ) -> LoadResult:
         try:
             try:
-                return self._load_once(rows, rejects, days, source, header_line)
+                return self._load_once(rows, rejects, days, source, header_line, deltas)
             except pg_errors.CheckViolation:
                 # "no partition found for row": a partition this process created was
                 # dropped since (pmta-pipe prune); forget what we knew and try again
                 self._days.clear()
-                return self._load_once(rows, rejects, days, source, header_line)
+                return self._load_once(rows, rejects, days, source, header_line, deltas)
         except psycopg.Error as exc:
             if is_transient(exc):
                 raise
@@ -324,6 +335,7 @@ class Loader:
         days: set[date],
         source: str,
         header_line: str | None,
+        deltas: rollups.Deltas | None = None,
     ) -> LoadResult:
         conn = self.connection()
         self._ensure_partitions(conn, days)
@@ -331,8 +343,12 @@ class Loader:
         try:
             with conn.cursor() as cur:
                 if rows:
-                    result.inserted = self._insert_rows(cur, rows)
-                    cur.execute("SELECT pmta.apply_rollups()")
+                    inserted = self._insert_rows(cur, rows)
+                    result.inserted = len(inserted)
+                    if deltas is None or len(inserted) < len(rows):
+                        deltas = rollups.Deltas()  # only the rows new in this batch count
+                        deltas.add(inserted)
+                    self._add_rollups(cur, deltas)
                 if rejects:
                     cur.executemany(
                         _REJECT,
@@ -355,8 +371,21 @@ class Loader:
             raise
         return result
 
-    def _insert_rows(self, cur: psycopg.Cursor[Any], rows: Sequence[Sequence[str]]) -> int:
-        """Insert ``rows`` into pmta.events; leave exactly the inserted ones in batch_inserted."""
+    @staticmethod
+    def _add_rollups(cur: psycopg.Cursor[Any], deltas: rollups.Deltas) -> None:
+        """Add the batch's new rows, counted in ``deltas``, to the report rollups."""
+        groups = deltas.rows()
+        if not groups:
+            return
+        fmt, data = render_copy(groups)
+        with cur.copy(_copy_statement("batch_rollups", fmt, rollups.COLUMNS)) as copy:
+            copy.write(data)
+        cur.execute(rollups.APPLY)
+
+    def _insert_rows(
+        self, cur: psycopg.Cursor[Any], rows: Sequence[Sequence[str]]
+    ) -> Sequence[Sequence[str]]:
+        """Insert ``rows`` into pmta.events; return those inserted (also in batch_inserted)."""
         fmt, data = render_copy(rows)
         if self.fast:
             with cur.copy(_copy_statement("batch_inserted", fmt)) as copy:
@@ -364,7 +393,6 @@ class Loader:
             cur.execute("SAVEPOINT pmta_fast")
             try:
                 cur.execute(_FAST_INSERT)
-                inserted = max(cur.rowcount, 0)
             except pg_errors.UniqueViolation:
                 cur.execute("ROLLBACK TO SAVEPOINT pmta_fast")
                 for stmt in _FAST_UNDO:
@@ -373,14 +401,19 @@ class Loader:
                 log.debug("batch has records already loaded: taking the upsert way")
             else:
                 cur.execute("RELEASE SAVEPOINT pmta_fast")
-                return inserted
+                return rows
         else:
             with cur.copy(_copy_statement("batch_stage", fmt)) as copy:
                 copy.write(data)
         cur.execute(_UPSERT)
-        inserted = max(cur.rowcount, 0)
-        if inserted == len(rows):
+        new_ids = {uuid.hex for (uuid,) in cur.fetchall()}
+        if len(new_ids) == len(rows):
             self.fast = True  # no duplicates: back to the fast way for the next batch
+        inserted = []
+        for row in rows:  # a record twice in the batch was inserted once: count it once
+            if row[_RECORD_ID] in new_ids:
+                new_ids.discard(row[_RECORD_ID])
+                inserted.append(row)
         return inserted
 
 
@@ -418,11 +451,17 @@ class PipelinedLoader:
         self._thread.start()
 
     def submit(self, batch: ParsedBatch, header_line: str | None, tag: object = None) -> None:
-        """Queue ``batch`` for loading; blocks while ``depth`` batches wait already."""
+        """Queue ``batch`` for loading; blocks while ``depth`` batches wait already.
+
+        The batch's rollups are counted here, in the caller's thread, while the
+        loading thread waits on the database for the previous batch.
+        """
+        deltas = rollups.Deltas()
+        deltas.add(batch.rows)
         while True:
             self._raise_error()
             try:
-                self._queue.put((batch, header_line, tag), timeout=0.2)
+                self._queue.put((batch, header_line, tag, deltas), timeout=0.2)
                 return
             except queue.Full:
                 continue
@@ -449,11 +488,11 @@ class PipelinedLoader:
             item = self._queue.get()
             if item is _DONE:
                 return
-            batch, header_line, tag = item
+            batch, header_line, tag, deltas = item
             try:
                 if self.before_load is not None:
                     self.before_load(tag)
-                result = self.loader.load(batch, header_line)
+                result = self.loader.load(batch, header_line, deltas=deltas)
                 self.total.add(result)
                 if self.on_loaded is not None:
                     self.on_loaded(tag, result)

@@ -45,6 +45,11 @@ REVIEWED = {
         "load.py",
         "_copy_statement('batch_stage', fmt)",
     ): "constant COPY text; fmt is 'text' or 'csv'",
+    (
+        "load.py",
+        "_copy_statement('batch_rollups', fmt, rollups.COLUMNS)",
+    ): "constant COPY text; the column list is a constant of rollups.py",
+    ("load.py", "rollups.APPLY"): "constant SQL text of rollups.py",
     ("prune.py", "f'SET LOCAL lock_timeout = {int(LOCK_TIMEOUT_MS)}'"): "an int constant",
     ("prune.py", "statement"): "sql.Composed of sql.Identifier partition names from the catalog",
     ("report.py", "build_query(kind, filters).encode()"): (

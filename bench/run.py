@@ -13,7 +13,10 @@ into a fresh database on the same server, ``--rounds`` times (median reported):
 * ``pmta-pipe import``: the file gzipped, when the command is available;
 * ``pgloader``: the same file into the baseline table, when pgloader is installed;
 * ``naive pipe``: ``bench/peers/naive_pipe.py`` (row-by-row INSERT, commit every
-  1000) on a subset, its rate extrapolated.
+  1000) on a subset, its rate extrapolated;
+* with ``--compare-with DIR``: ``pmta-pipe ingest`` of another checkout (a git
+  worktree of an earlier commit), to measure a change against its baseline in
+  one run.
 
 Peak RSS of each subprocess comes from ``os.wait4``. With several sizes
 (``--records 1000000,3000000``) the last lines say whether pmta-pipe's RSS grew.
@@ -144,14 +147,16 @@ def gzip_file(path: Path) -> Path:
 
 # -- one run of each path ------------------------------------------------------------
 def run_child(
-    args: list[str], stdin_path: Path | None, env: dict[str, str]
+    args: list[str], stdin_path: Path | None, env: dict[str, str], cwd: Path | None = None
 ) -> tuple[float, float, str]:
     """Run a subprocess; return (seconds, peak RSS in MB, stderr)."""
     stdin = stdin_path.open("rb") if stdin_path else subprocess.DEVNULL
     err = tempfile.TemporaryFile()  # noqa: SIM115 (closed below, with stdin)
     try:
         started = time.perf_counter()
-        proc = subprocess.Popen(args, stdin=stdin, stdout=subprocess.DEVNULL, stderr=err, env=env)
+        proc = subprocess.Popen(
+            args, stdin=stdin, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=cwd
+        )
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -191,10 +196,16 @@ def pmta_pipe_cmd() -> list[str]:
     return [sys.executable, "-m", "pmta_pipe"]
 
 
-def time_ingest(admin: str, path: Path, records: int) -> tuple[float, float]:
+def time_ingest(
+    admin: str, path: Path, records: int, code: Path | None = None
+) -> tuple[float, float]:
+    """``pmta-pipe ingest``; of the checkout ``code`` instead of this one when given."""
     with database(admin) as dsn:
         args = [*pmta_pipe_cmd(), "ingest", "--dsn", dsn, "--source", "bench"]
-        seconds, rss, _ = run_child(args, path, child_env())
+        env = child_env()
+        if code is not None:
+            env["PYTHONPATH"] = str(code)
+        seconds, rss, _ = run_child(args, path, env, cwd=code or HERE.parent)
         assert count(dsn, "pmta.events") == records
     return seconds, rss
 
@@ -271,6 +282,11 @@ def bench_size(admin: str, work: Path, records: int, opts: argparse.Namespace) -
         ("COPY (baseline)", time_copy, ""),
         ("pmta-pipe ingest", time_ingest, ""),
     ]
+    if opts.compare_with:
+        code = Path(opts.compare_with).resolve()
+        paths.append(
+            (f"ingest, code of {code.name}", lambda a, p, r: time_ingest(a, p, r, code), "")
+        )
     results: list[Result] = []
     why = import_available(admin, work)
     paths.append(("pmta-pipe import (gzip)", time_import, why))
@@ -346,6 +362,9 @@ def main() -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
     p.add_argument("--skip", default="", help="comma list of paths to skip (e.g. pgloader)")
     p.add_argument("--work-dir", default=None, help="where generated files are kept")
+    p.add_argument("--compare-with", default=None, metavar="DIR",
+                   help="also time the ingest of another checkout (e.g. a git worktree of "
+                        "an earlier commit), side by side")  # fmt: skip
     opts = p.parse_args()
     opts.records = opts.records or ("20000" if opts.quick else "1000000")
     opts.rounds = opts.rounds or (1 if opts.quick else 3)

@@ -51,7 +51,7 @@ from typing import Any, BinaryIO, cast
 
 import psycopg
 
-from pmta_pipe import compression, db, ledger
+from pmta_pipe import compression, db, ledger, rollups
 from pmta_pipe.config import Settings
 from pmta_pipe.errors import DatabaseUnavailable, PmtaPipeError, first_line
 from pmta_pipe.inputs import STDIN, FilePlan, find_inputs, plan_file
@@ -128,6 +128,7 @@ class _Batch:
     header_line: str | None
     records_read: int
     raw_bytes: int
+    deltas: rollups.Deltas  # counted in the reading thread, while the loader waits
 
 
 @dataclass
@@ -228,7 +229,14 @@ class FileReader(threading.Thread):
                 records_read += len(batch.records)
                 parsed = parser.parse(records, stamp)
                 self._put(
-                    _Batch(plan, parsed, parser.header_line, records_read, counter.count - reported)
+                    _Batch(
+                        plan,
+                        parsed,
+                        parser.header_line,
+                        records_read,
+                        counter.count - reported,
+                        rollups.Deltas.of(parsed.rows),
+                    )
                 )
                 reported = counter.count
             error = None
@@ -365,7 +373,7 @@ def _load_all(
             elif isinstance(msg, _Batch):
                 checkpoint.records_read, checkpoint.header_line = msg.records_read, msg.header_line
                 if msg.parsed.records:
-                    result = loader.load(msg.parsed, msg.header_line)
+                    result = loader.load(msg.parsed, msg.header_line, deltas=msg.deltas)
                     current.records += result.records
                     current.inserted += result.inserted
                     current.duplicates += result.duplicates

@@ -346,8 +346,7 @@ class Loader:
                     inserted = self._insert_rows(cur, rows)
                     result.inserted = len(inserted)
                     if deltas is None or len(inserted) < len(rows):
-                        deltas = rollups.Deltas()  # only the rows new in this batch count
-                        deltas.add(inserted)
+                        deltas = rollups.Deltas.of(inserted)  # only this batch's new rows
                     self._add_rollups(cur, deltas)
                 if rejects:
                     cur.executemany(
@@ -456,8 +455,7 @@ class PipelinedLoader:
         The batch's rollups are counted here, in the caller's thread, while the
         loading thread waits on the database for the previous batch.
         """
-        deltas = rollups.Deltas()
-        deltas.add(batch.rows)
+        deltas = rollups.Deltas.of(batch.rows)
         while True:
             self._raise_error()
             try:

@@ -195,6 +195,13 @@ class Deltas:
         self.diag_example: dict[tuple[str, ...], str] = {}
         self.delivery_time: Counter[tuple[str, str, str, int]] = Counter()
 
+    @classmethod
+    def of(cls, rows: Sequence[Sequence[str]]) -> Deltas:
+        """The groups of ``rows``."""
+        deltas = cls()
+        deltas.add(rows)
+        return deltas
+
     def add(self, rows: Sequence[Sequence[str]]) -> None:
         """Count ``rows`` (rows of ``pmta.events``, as the parser makes them).
 

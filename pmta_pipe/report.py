@@ -1,8 +1,8 @@
 """Terminal reports from the SQL views (``pmta-pipe report KIND``).
 
-Each report kind is a fixed ``Report``: the fact view it reads (``pmta.daily_traffic``,
-``pmta.daily_bounces``, ``pmta.daily_diag``, ``pmta.delivery_time_histogram`` or
-``pmta.ip_alerts``: all answered from the rollups), the columns it groups by, the
+Each report kind is a fixed ``Report``: the fact view it reads (``pmta.daily_counts``,
+``pmta.daily_diag``, ``pmta.delivery_time_histogram`` or ``pmta.ip_alerts``: all
+answered from the rollups), the columns it groups by, the
 measures it computes (the same ``sum``/``pmta.rate`` definitions as the views in
 ``sql/views``), and the filters that make sense for it. A filter a report cannot
 honour (its view has no such dimension) is a one-line error naming those it can.
@@ -86,7 +86,7 @@ class Report:
     numeric_keys: frozenset[str] = field(default_factory=frozenset)
 
 
-_TRAFFIC = "pmta.daily_traffic WHERE {where}"
+_TRAFFIC = "pmta.daily_counts WHERE {where}"
 _DEFERRALS = "pmta.daily_diag WHERE record_type = 't' AND {where}"
 _DIAG_FILTERS = frozenset({"filter_source", "vmta", "domain"})
 _QUANTILES = tuple(
@@ -136,7 +136,8 @@ REPORTS: dict[str, Report] = {
         having="sum(complaints) > 0",
     ),
     "bounces": Report(
-        "pmta.daily_bounces WHERE {where}", ("provider", "bounce_cat", "bounce_class"),
+        "pmta.daily_counts WHERE record_type IN ('b', 'rb') AND {where}",
+        ("provider", "bounce_cat", "bounce_class"),
         (("n", "sum(bounced)::bigint"), ("remote_bounces", "sum(remote_bounces)::bigint")),
         "sum(bounced) + sum(remote_bounces) DESC, provider, bounce_cat",
     ),

@@ -2,6 +2,33 @@
 -- storage sentinels, the provider joined from pmta.mailbox_providers and counts
 -- pivoted by record type. The report views and `pmta-pipe report` aggregate these.
 
+-- daily_counts: one row per rollup_daily row, not grouped, its count in the column of
+-- its type. The report views sum it with their own few keys, which PostgreSQL hashes
+-- in memory; grouping all eight dimensions first (daily_traffic) needs a sort that
+-- spills to disk with the default work_mem (docs/performance.md).
+CREATE OR REPLACE VIEW pmta.daily_counts AS
+SELECT (r.bucket AT TIME ZONE 'UTC')::date                 AS day,
+       r.source,
+       r.record_type,
+       nullif(r.rcpt_domain, '')                           AS rcpt_domain,
+       coalesce(mp.provider, nullif(r.rcpt_domain, ''))    AS provider,
+       nullif(r.dlv_source_ip, '0.0.0.0'::inet)            AS dlv_source_ip,
+       nullif(r.vmta, '')                                  AS vmta,
+       nullif(r.vmta_pool, '')                             AS vmta_pool,
+       nullif(r.job_id, '')                                AS job_id,
+       nullif(r.bounce_cat, '')                            AS bounce_cat,
+       pmta.bounce_class(nullif(r.bounce_cat, ''))         AS bounce_class,
+       CASE WHEN r.record_type = 'r' THEN r.n ELSE 0 END   AS received,
+       CASE WHEN r.record_type = 'd' THEN r.n ELSE 0 END   AS delivered,
+       CASE WHEN r.record_type = 'b' THEN r.n ELSE 0 END   AS bounced,
+       CASE WHEN r.record_type = 'b' AND r.bounce_cat = 'message-expired'
+            THEN r.n ELSE 0 END                            AS expired,
+       CASE WHEN r.record_type = 't' THEN r.n ELSE 0 END   AS deferred,
+       CASE WHEN r.record_type = 'f' THEN r.n ELSE 0 END   AS complaints,
+       CASE WHEN r.record_type = 'rb' THEN r.n ELSE 0 END  AS remote_bounces
+FROM pmta.rollup_daily r
+LEFT JOIN pmta.mailbox_providers mp ON mp.domain = r.rcpt_domain;
+
 CREATE OR REPLACE VIEW pmta.daily_traffic AS
 SELECT (r.bucket AT TIME ZONE 'UTC')::date                 AS day,
        r.source,

@@ -11,7 +11,7 @@ SELECT day,
        pmta.rate(sum(delivered), sum(delivered) + sum(bounced)) AS delivery_rate,
        pmta.rate(sum(bounced), sum(delivered) + sum(bounced))   AS bounce_rate,
        pmta.rate(sum(complaints), sum(delivered))               AS complaint_rate
-FROM pmta.daily_traffic
+FROM pmta.daily_counts
 GROUP BY day;
 
 CREATE OR REPLACE VIEW pmta.delivery_by_domain AS
@@ -20,7 +20,7 @@ SELECT day, rcpt_domain, provider,
        sum(bounced)::bigint   AS bounced,
        sum(deferred)::bigint  AS deferred,
        pmta.rate(sum(delivered), sum(delivered) + sum(bounced)) AS delivery_rate
-FROM pmta.daily_traffic
+FROM pmta.daily_counts
 GROUP BY day, rcpt_domain, provider
 HAVING sum(delivered) + sum(bounced) + sum(deferred) > 0;
 
@@ -30,7 +30,7 @@ SELECT day, provider,
        sum(bounced)::bigint   AS bounced,
        sum(deferred)::bigint  AS deferred,
        pmta.rate(sum(delivered), sum(delivered) + sum(bounced)) AS delivery_rate
-FROM pmta.daily_traffic
+FROM pmta.daily_counts
 GROUP BY day, provider
 HAVING sum(delivered) + sum(bounced) + sum(deferred) > 0;
 
@@ -38,7 +38,8 @@ CREATE OR REPLACE VIEW pmta.bounce_categories AS
 SELECT day, provider, bounce_cat, bounce_class,
        sum(bounced)::bigint        AS n,
        sum(remote_bounces)::bigint AS remote_bounces
-FROM pmta.daily_bounces
+FROM pmta.daily_counts
+WHERE record_type IN ('b', 'rb')
 GROUP BY day, provider, bounce_cat, bounce_class;
 
 CREATE OR REPLACE VIEW pmta.job_summary AS
@@ -53,7 +54,7 @@ SELECT day, job_id,
        pmta.rate(sum(delivered), sum(delivered) + sum(bounced)) AS delivery_rate,
        pmta.rate(sum(bounced), sum(delivered) + sum(bounced))   AS bounce_rate,
        pmta.rate(sum(complaints), sum(delivered))               AS complaint_rate
-FROM pmta.daily_traffic
+FROM pmta.daily_counts
 GROUP BY day, job_id
 HAVING sum(received) + sum(delivered) + sum(bounced) + sum(deferred) + sum(complaints)
        + sum(remote_bounces) > 0;
@@ -69,7 +70,7 @@ SELECT day, vmta, vmta_pool,
        pmta.rate(sum(delivered), sum(delivered) + sum(bounced)) AS delivery_rate,
        pmta.rate(sum(bounced), sum(delivered) + sum(bounced) + sum(deferred))  AS bounce_rate,
        pmta.rate(sum(deferred), sum(delivered) + sum(bounced) + sum(deferred)) AS deferral_rate
-FROM pmta.daily_traffic
+FROM pmta.daily_counts
 GROUP BY day, vmta, vmta_pool
 HAVING sum(received) + sum(delivered) + sum(bounced) + sum(deferred) > 0;
 
@@ -78,7 +79,7 @@ SELECT day, provider, job_id, dlv_source_ip,
        sum(complaints)::bigint AS complaints,
        sum(delivered)::bigint  AS delivered,
        pmta.rate(sum(complaints), sum(delivered)) AS complaint_rate
-FROM pmta.daily_traffic
+FROM pmta.daily_counts
 GROUP BY day, provider, job_id, dlv_source_ip
 HAVING sum(complaints) > 0 OR sum(delivered) > 0;
 

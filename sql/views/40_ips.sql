@@ -8,7 +8,7 @@ SELECT day, dlv_source_ip,
        (sum(delivered) + sum(bounced) + sum(deferred))::bigint AS attempts,
        pmta.rate(sum(bounced), sum(delivered) + sum(bounced) + sum(deferred))  AS bounce_rate,
        pmta.rate(sum(deferred), sum(delivered) + sum(bounced) + sum(deferred)) AS deferral_rate
-FROM pmta.daily_traffic
+FROM pmta.daily_counts
 GROUP BY day, dlv_source_ip
 HAVING sum(delivered) + sum(bounced) + sum(deferred) > 0;
 
@@ -20,7 +20,7 @@ SELECT day, dlv_source_ip, provider,
        (sum(delivered) + sum(bounced) + sum(deferred))::bigint AS attempts,
        pmta.rate(sum(bounced), sum(delivered) + sum(bounced) + sum(deferred))  AS bounce_rate,
        pmta.rate(sum(deferred), sum(delivered) + sum(bounced) + sum(deferred)) AS deferral_rate
-FROM pmta.daily_traffic
+FROM pmta.daily_counts
 GROUP BY day, dlv_source_ip, provider
 HAVING sum(delivered) + sum(bounced) + sum(deferred) > 0;
 

@@ -1,6 +1,7 @@
 -- Comments on every report view and on every column a BI user sees. Column comments
 -- come from one dictionary: a (view, column) entry wins over a ('*', column) entry.
 
+COMMENT ON VIEW pmta.daily_counts IS 'One row per row of pmta.rollup_daily (UTC day, every dimension, record type, bounce category), not grouped: its count in the column of its type, 0 in the others. Sum it with any grouping: the report views do';
 COMMENT ON VIEW pmta.daily_traffic IS 'Records per UTC day and every dimension (host, domain, provider, IP, VirtualMTA, pool, job), counts by type side by side; the base of the daily views';
 COMMENT ON VIEW pmta.daily_bounces IS 'b and rb records per UTC day, every dimension and bounce category';
 COMMENT ON VIEW pmta.hourly_traffic IS 'Records per UTC hour, host, domain, provider and IP, counts by type; time is the start of the hour (Grafana time column)';

@@ -6,8 +6,9 @@ For each batch:
    (``pmta.ensure_partitions``), so that loaders never hold partition locks;
 2. in one transaction, the rows go into ``pmta.events`` by one of two ways, and the
    temporary table ``batch_inserted`` ends up holding exactly the rows inserted in
-   this batch; then ``pmta.apply_rollups()`` (which reads ``pg_temp.batch_inserted``),
-   the batch's rejects, commit.
+   this batch; then the report rollups of those rows (``pmta_pipe.rollups``: their
+   groups, counted ahead when every row is new, are COPYed into ``batch_rollups``
+   and upserted), the batch's rejects, commit.
 
    * fast way (new records, the usual case): ``COPY`` into ``batch_inserted``, then a
      plain ``INSERT INTO pmta.events SELECT * FROM batch_inserted`` inside a

@@ -136,3 +136,21 @@ def test_rebuilding_the_rollups_in_sql_gives_the_same_rows(dsn: str, conn: Conn)
     for table in COLUMNS:
         rebuilt = conn.execute(f"SELECT {COLUMNS[table]} FROM pmta.{table}").fetchall()
         assert sorted(rebuilt, key=repr) == stored[table], table
+
+
+def test_rollup_groups_with_tabs_and_backslashes_go_through_csv(dsn: str, conn: Conn) -> None:
+    """A diagnostic the COPY text format cannot carry as it is still reaches rollup_diag whole."""
+    head = b"type,timeLogged,rcpt,dsnStatus,dsnDiag,dlvSourceIp,vmta\n"
+    diag = 'smtp;421 4.7.0 try\tagain C:\\queue\\x "later"'
+    quoted = '"' + diag.replace('"', '""') + '"'
+    lines = [
+        f"t,2026-03-01 10:00:0{i}+0000,u{i}@example.com,4.7.0,{quoted},192.0.2.9,v1\n".encode()
+        for i in range(3)
+    ]
+    assert load_bytes(dsn, head + b"".join(lines), "host-a") == 3
+    rows = conn.execute(
+        "SELECT record_type, rcpt_domain, code, n, example FROM pmta.rollup_diag"
+    ).fetchall()
+    assert rows == [("t", "example.com", "421 4.7.0", 3, diag)]
+    recount = conn.execute(RECOUNTS["rollup_diag"]).fetchall()
+    assert [(r[2], r[6], r[8], r[9]) for r in recount] == [("t", "421 4.7.0", 3, diag)]

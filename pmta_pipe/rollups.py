@@ -3,20 +3,23 @@
 Each loaded batch adds its new records to the four rollup tables of
 ``sql/migrations/0002_reports.sql`` (``pmta.rollup_daily``, ``rollup_hourly``,
 ``rollup_diag``, ``rollup_delivery_time``), in the batch's own transaction. The
-records are counted here, in the loader's process, and each table receives one
-``INSERT … SELECT … FROM unnest(…) ON CONFLICT DO UPDATE`` of the batch's groups:
-PostgreSQL then only updates the few hundred rollup rows a batch touches, instead
-of grouping the batch's rows and normalizing every distinct diagnostic itself.
-Measured in ``docs/performance.md``.
+records are counted here, in the loader's process (``Deltas``); the loader COPYs
+the groups into the temporary table ``batch_rollups`` and runs ``APPLY``, one
+``INSERT … SELECT … ON CONFLICT DO UPDATE`` per table. PostgreSQL then only updates
+the few thousand rollup rows a batch touches, instead of grouping the batch's rows
+and normalizing every distinct diagnostic itself. Measured in
+``docs/performance.md`` ("Rollups counted by the loader").
 
 The derivations are those of the SQL functions in ``0002_reports.sql``
 (``pmta.utc_day``, ``utc_hour``, ``rollup_domain``, ``rollup_ip``, ``rollup_job``,
 ``rollup_bounce_cat``, ``reply_code``, ``diag_pattern``, ``delivery_seconds``,
 ``delivery_bin``), which stay in the database as their reference definition:
-``tests/test_reports_rollups.py`` recounts every rollup from ``pmta.events`` with
-them and compares. The regular expressions are PostgreSQL's, written for Python's
-``re``: ``\\m``/``\\M`` (word start/end) become ``\\b``, ``\\d`` becomes ``[0-9]``;
-for ASCII text (SMTP replies are ASCII unless SMTPUTF8) the results are the same.
+``tests/test_rollups.py`` compares the two on every field of the reference samples,
+and ``tests/test_reports_rollups.py`` recounts every rollup from ``pmta.events``
+with them, and rebuilds them with ``pmta.apply_rollups()``, and compares. The
+regular expressions are PostgreSQL's, written for Python's ``re``: ``\\m``/``\\M``
+(word start/end) become ``\\b``, ``\\d`` becomes ``[0-9]``; for ASCII text (SMTP
+replies are ASCII unless SMTPUTF8) the results are the same.
 ``example`` of ``rollup_diag`` is the smallest raw text by code point
 (``COLLATE "C"``), whatever the database's collation.
 

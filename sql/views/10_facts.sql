@@ -30,45 +30,26 @@ FROM pmta.rollup_daily r
 LEFT JOIN pmta.mailbox_providers mp ON mp.domain = r.rcpt_domain;
 
 CREATE OR REPLACE VIEW pmta.daily_traffic AS
-SELECT (r.bucket AT TIME ZONE 'UTC')::date                 AS day,
-       r.source,
-       nullif(r.rcpt_domain, '')                           AS rcpt_domain,
-       coalesce(mp.provider, nullif(r.rcpt_domain, ''))    AS provider,
-       nullif(r.dlv_source_ip, '0.0.0.0'::inet)            AS dlv_source_ip,
-       nullif(r.vmta, '')                                  AS vmta,
-       nullif(r.vmta_pool, '')                             AS vmta_pool,
-       nullif(r.job_id, '')                                AS job_id,
-       coalesce(sum(r.n) FILTER (WHERE r.record_type = 'r'), 0)::bigint  AS received,
-       coalesce(sum(r.n) FILTER (WHERE r.record_type = 'd'), 0)::bigint  AS delivered,
-       coalesce(sum(r.n) FILTER (WHERE r.record_type = 'b'), 0)::bigint  AS bounced,
-       coalesce(sum(r.n) FILTER (WHERE r.record_type = 'b'
-                                   AND r.bounce_cat = 'message-expired'), 0)::bigint AS expired,
-       coalesce(sum(r.n) FILTER (WHERE r.record_type = 't'), 0)::bigint  AS deferred,
-       coalesce(sum(r.n) FILTER (WHERE r.record_type = 'f'), 0)::bigint  AS complaints,
-       coalesce(sum(r.n) FILTER (WHERE r.record_type = 'rb'), 0)::bigint AS remote_bounces
-FROM pmta.rollup_daily r
-LEFT JOIN pmta.mailbox_providers mp ON mp.domain = r.rcpt_domain
-GROUP BY r.bucket, r.source, r.rcpt_domain, mp.provider, r.dlv_source_ip, r.vmta,
-         r.vmta_pool, r.job_id;
+SELECT day, source, rcpt_domain, provider, dlv_source_ip, vmta, vmta_pool, job_id,
+       sum(received)::bigint       AS received,
+       sum(delivered)::bigint      AS delivered,
+       sum(bounced)::bigint        AS bounced,
+       sum(expired)::bigint        AS expired,
+       sum(deferred)::bigint       AS deferred,
+       sum(complaints)::bigint     AS complaints,
+       sum(remote_bounces)::bigint AS remote_bounces
+FROM pmta.daily_counts
+GROUP BY day, source, rcpt_domain, provider, dlv_source_ip, vmta, vmta_pool, job_id;
 
 CREATE OR REPLACE VIEW pmta.daily_bounces AS
-SELECT (r.bucket AT TIME ZONE 'UTC')::date                 AS day,
-       r.source,
-       nullif(r.rcpt_domain, '')                           AS rcpt_domain,
-       coalesce(mp.provider, nullif(r.rcpt_domain, ''))    AS provider,
-       nullif(r.dlv_source_ip, '0.0.0.0'::inet)            AS dlv_source_ip,
-       nullif(r.vmta, '')                                  AS vmta,
-       nullif(r.vmta_pool, '')                             AS vmta_pool,
-       nullif(r.job_id, '')                                AS job_id,
-       nullif(r.bounce_cat, '')                            AS bounce_cat,
-       pmta.bounce_class(nullif(r.bounce_cat, ''))         AS bounce_class,
-       coalesce(sum(r.n) FILTER (WHERE r.record_type = 'b'), 0)::bigint  AS bounced,
-       coalesce(sum(r.n) FILTER (WHERE r.record_type = 'rb'), 0)::bigint AS remote_bounces
-FROM pmta.rollup_daily r
-LEFT JOIN pmta.mailbox_providers mp ON mp.domain = r.rcpt_domain
-WHERE r.record_type IN ('b', 'rb')
-GROUP BY r.bucket, r.source, r.rcpt_domain, mp.provider, r.dlv_source_ip, r.vmta,
-         r.vmta_pool, r.job_id, r.bounce_cat;
+SELECT day, source, rcpt_domain, provider, dlv_source_ip, vmta, vmta_pool, job_id,
+       bounce_cat, bounce_class,
+       sum(bounced)::bigint        AS bounced,
+       sum(remote_bounces)::bigint AS remote_bounces
+FROM pmta.daily_counts
+WHERE record_type IN ('b', 'rb')
+GROUP BY day, source, rcpt_domain, provider, dlv_source_ip, vmta, vmta_pool, job_id,
+         bounce_cat, bounce_class;
 
 CREATE OR REPLACE VIEW pmta.hourly_traffic AS
 SELECT r.bucket                                            AS time,

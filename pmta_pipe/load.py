@@ -406,7 +406,7 @@ class Loader:
             with cur.copy(_copy_statement("batch_stage", fmt)) as copy:
                 copy.write(data)
         cur.execute(_UPSERT)
-        new_ids = {uuid.hex for (uuid,) in cur.fetchall()}
+        new_ids = {record_id.hex for (record_id,) in cur.fetchall()}
         if len(new_ids) == len(rows):
             self.fast = True  # no duplicates: back to the fast way for the next batch
         inserted = []

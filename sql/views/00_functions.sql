@@ -67,3 +67,25 @@ BEGIN
     END LOOP;
     RETURN pmta.delivery_bin_upper(bins[cardinality(bins)])::double precision;
 END $$;
+
+-- A text with the local part of every e-mail address in it replaced by '…', the domain
+-- kept: '<alice.smith@gmail.com>' -> '<…@gmail.com>', a VERP sender
+-- 'bounce-12345-alice=gmail.com@bounce.example.com' -> '…@bounce.example.com', a quoted
+-- local part '"alice smith"@gmail.com' -> '…@gmail.com', 'bob@[192.0.2.1]' ->
+-- '…@[192.0.2.1]'. A local part is a quoted string, or a run of characters other than
+-- white space and < > @ " ( ) , ; : [ ] (not starting with '), right before an '@'
+-- that a domain or an address literal follows. Texts without '@' are returned as
+-- they are, without a regular expression. The report views a reader sees pass every
+-- text that may quote an address through it (docs/security.md).
+CREATE OR REPLACE FUNCTION pmta.mask_addresses(t text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE
+    WHEN strpos(t, '@') = 0 THEN t
+    ELSE regexp_replace(
+        t,
+        '(?:"[^"\r\n]*"|[^\s<>@"''(),;:\[\]][^\s<>@"(),;:\[\]]*)@(?=[^\s<>@"''(),;:\]])',
+        '…@', 'g')
+END;
+COMMENT ON FUNCTION pmta.mask_addresses(text) IS
+    'The text with the local part of every e-mail address replaced by … and the domain kept '
+    '(<alice@gmail.com> -> <…@gmail.com>); used by the report views for texts that may quote an address';

@@ -1,6 +1,9 @@
 -- Fact views: the rollups with every dimension, NULL instead of the '' / 0.0.0.0
 -- storage sentinels, the provider joined from pmta.mailbox_providers and counts
 -- pivoted by record type. The report views and `pmta-pipe report` aggregate these.
+-- Texts that can quote an e-mail address (job ids, diagnostic patterns and examples)
+-- pass through pmta.mask_addresses here, so no view built on these shows one; the
+-- raw texts stay in the rollup tables, for pmta_analyst (docs/security.md).
 
 -- daily_counts: one row per rollup_daily row, not grouped, its count in the column of
 -- its type. The report views sum it with their own few keys, which PostgreSQL hashes
@@ -15,7 +18,7 @@ SELECT (r.bucket AT TIME ZONE 'UTC')::date                 AS day,
        nullif(r.dlv_source_ip, '0.0.0.0'::inet)            AS dlv_source_ip,
        nullif(r.vmta, '')                                  AS vmta,
        nullif(r.vmta_pool, '')                             AS vmta_pool,
-       nullif(r.job_id, '')                                AS job_id,
+       pmta.mask_addresses(nullif(r.job_id, ''))           AS job_id,
        nullif(r.bounce_cat, '')                            AS bounce_cat,
        pmta.bounce_class(nullif(r.bounce_cat, ''))         AS bounce_class,
        CASE WHEN r.record_type = 'r' THEN r.n ELSE 0 END   AS received,
@@ -78,10 +81,10 @@ SELECT (r.bucket AT TIME ZONE 'UTC')::date                 AS day,
        nullif(r.dlv_source_ip, '0.0.0.0'::inet)            AS dlv_source_ip,
        nullif(r.vmta, '')                                  AS vmta,
        nullif(r.code, '')                                  AS code,
-       nullif(r.pattern, '')                               AS pattern,
+       pmta.mask_addresses(nullif(r.pattern, ''))          AS pattern,
        coalesce(rule.category, 'unclassified')             AS category,
        r.n,
-       r.example
+       pmta.mask_addresses(r.example)                      AS example
 FROM pmta.rollup_diag r
 LEFT JOIN pmta.mailbox_providers mp ON mp.domain = r.rcpt_domain
 LEFT JOIN LATERAL (

@@ -15,12 +15,15 @@
 --   pmta_reader   SELECT on the report views of schema pmta and on the reference
 --                 tables (pmta.mailbox_providers, pmta.diag_rules,
 --                 pmta.alert_thresholds). For BI tools (Grafana, Metabase, psql).
---                 It cannot read pmta.events or pmta.rejects, which hold e-mail
---                 addresses, message headers and raw accounting lines (personal
---                 data), and it is not granted a view that shows one of the columns
---                 listed in pii_columns below.
---   pmta_analyst  pmta_reader plus pmta.events, pmta.rejects and the views that show
---                 personal data: for the few people who drill down to recipients.
+--                 It gets a view only when every column of it is known to be
+--                 address-free (see "The reader's views" below), and no other table:
+--                 not pmta.events, pmta.rejects or the rollup tables, which hold
+--                 e-mail addresses, message headers, raw replies and raw accounting
+--                 lines (personal data).
+--   pmta_analyst  pmta_reader plus SELECT on every table and view of schema pmta
+--                 (raw events, rejects, the rollups' raw diagnostic examples, views
+--                 withheld from the reader): for the few people who drill down to
+--                 recipients.
 --   pmta_writer   what `pmta-pipe ingest`, `import`, `replay`, `status` and `prune`
 --                 need: CONNECT and TEMPORARY on the database (the loader stages each
 --                 batch in temporary tables), USAGE and CREATE on schema pmta (ingest
@@ -39,6 +42,29 @@
 -- its owner's rights (SECURITY DEFINER, with a fixed search_path), and lets only the
 -- owner and pmta_writer call it. It takes dates and creates pmta.events_YYYYMMDD
 -- partitions, nothing else.
+--
+-- The reader's views (fail safe): a view of schema pmta is granted to pmta_reader
+-- only when EVERY column of it is known to be address-free, that is
+--
+--   * of a type that cannot hold an address (address_free_types: numbers, booleans,
+--     dates and times, intervals, inet/cidr), or
+--   * a text column listed in address_free_text, as 'view.column' or '*.column':
+--       '*.column'    a dimension whose values pmta-pipe, PowerMTA or the operator
+--                     make, never a remote party (the host name given to --source,
+--                     the record type, the recipient domain, which is what follows the
+--                     last '@' of rcpt, VirtualMTA names, bounce categories, reply
+--                     codes, the names of pmta.mailbox_providers, diag_rules and
+--                     alert_thresholds);
+--       'view.column' a text that can quote an address (job ids, diagnostic
+--                     patterns and examples) and that the view passes through
+--                     pmta.mask_addresses, itself or in the view it reads: it counts
+--                     only while the view depends on that function.
+--
+-- Any other column (text not listed, jsonb, arrays, a type not listed) keeps the whole
+-- view from the reader: a new view, or a new column of a view, reaches BI tools only
+-- once it is listed here, and this file says which view it withholds (WARNING). Each
+-- run first revokes every privilege of the reader (and of PUBLIC) on the relations
+-- of pmta, then grants, so a view that stops qualifying is taken back.
 --
 -- Role names can be changed with psql variables (roles are cluster-wide, so two
 -- databases on one server can use different names):
@@ -87,9 +113,22 @@ DECLARE
     reader  text := current_setting('pmta_roles.reader');
     writer  text := current_setting('pmta_roles.writer');
     analyst text := current_setting('pmta_roles.analyst');
-    -- a view showing one of these columns shows personal data: analyst only
-    pii_columns constant text[] := ARRAY['rcpt', 'orig', 'orcpt', 'raw_line', 'header_line',
-                                         'extra', 'rcpt_local', 'email', 'address'];
+    -- column types that cannot hold an e-mail address
+    address_free_types constant regtype[] := ARRAY[
+        'smallint', 'integer', 'bigint', 'numeric', 'real', 'double precision', 'boolean',
+        'date', 'time', 'timestamp', 'timestamptz', 'interval', 'inet', 'cidr']::regtype[];
+    -- text columns known to be address-free (see the head of this file); anything
+    -- else keeps its view from the reader
+    address_free_text constant text[] := ARRAY[
+        -- values made by pmta-pipe, PowerMTA or the operator
+        '*.source', '*.record_type', '*.rcpt_domain', '*.provider', '*.vmta', '*.vmta_pool',
+        '*.bounce_cat', '*.bounce_class', '*.code', '*.category', '*.alert',
+        -- texts that can quote an address, masked by pmta.mask_addresses
+        'daily_counts.job_id', 'daily_traffic.job_id', 'daily_bounces.job_id',
+        'job_summary.job_id', 'complaints.job_id',
+        'daily_diag.pattern', 'daily_diag.example',
+        'diag_patterns.pattern', 'diag_patterns.example',
+        'deferral_patterns.pattern', 'deferral_patterns.example'];
     reference_tables constant text[] := ARRAY['pmta.mailbox_providers', 'pmta.diag_rules',
                                               'pmta.alert_thresholds'];
     owner   text;
@@ -152,20 +191,48 @@ BEGIN
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', r.fn, writer);
     END LOOP;
 
-    -- reader: the report views without personal data; analyst: the others ---------
+    -- reader: nothing but what is granted below, on every run ---------------------
+    EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA pmta FROM %I, PUBLIC', reader);
+
+    -- reader: the views whose every column is known to be address-free -----------
     FOR r IN
+        -- the views that call pmta.mask_addresses, or read a view that does
+        WITH RECURSIVE masking(oid) AS (
+            SELECT rw.ev_class
+            FROM pg_rewrite rw
+            JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = rw.oid
+            WHERE d.refclassid = 'pg_proc'::regclass
+              AND d.refobjid = to_regprocedure('pmta.mask_addresses(text)')
+            UNION
+            SELECT rw.ev_class
+            FROM pg_rewrite rw
+            JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = rw.oid
+            JOIN masking m ON d.refclassid = 'pg_class'::regclass AND d.refobjid = m.oid
+            WHERE rw.ev_class <> m.oid
+        )
         SELECT c.oid::regclass AS rel,
-               EXISTS (SELECT 1 FROM pg_attribute a
-                       WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-                         AND a.attname = ANY (pii_columns)) AS personal
+               -- its columns not known to be address-free (NULL: none)
+               (SELECT string_agg(format('%I (%s)', a.attname,
+                                         format_type(a.atttypid, a.atttypmod)),
+                                  ', ' ORDER BY a.attnum)
+                FROM pg_attribute a
+                WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                  AND a.atttypid <> ALL (address_free_types)
+                  AND NOT (a.atttypid IN ('text'::regtype, 'varchar'::regtype)
+                           AND ('*.' || a.attname = ANY (address_free_text)
+                                OR (c.relname || '.' || a.attname = ANY (address_free_text)
+                                    AND c.oid IN (SELECT oid FROM masking))))) AS unknown
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE n.nspname = 'pmta' AND c.relkind IN ('v', 'm')
+        ORDER BY c.relname
     LOOP
-        IF r.personal THEN
-            EXECUTE format('REVOKE SELECT ON %s FROM %I', r.rel, reader);
-            EXECUTE format('GRANT SELECT ON %s TO %I', r.rel, analyst);
-        ELSE
+        IF r.unknown IS NULL THEN
             EXECUTE format('GRANT SELECT ON %s TO %I', r.rel, reader);
+        ELSE
+            RAISE WARNING 'view % is not granted to %: not known to be address-free: %',
+                r.rel, reader, r.unknown
+                USING HINT = 'mask the column with pmta.mask_addresses and list it in '
+                             'address_free_text (deploy/roles.sql); pmta_analyst can read it';
         END IF;
     END LOOP;
 
@@ -175,12 +242,8 @@ BEGIN
         END IF;
     END LOOP;
 
-    -- analyst: the raw data, personal data included ------------------------------
-    FOREACH t IN ARRAY ARRAY['pmta.events', 'pmta.rejects'] LOOP
-        IF to_regclass(t) IS NOT NULL THEN
-            EXECUTE format('GRANT SELECT ON %s TO %I', t, analyst);
-        END IF;
-    END LOOP;
+    -- analyst: every table and view, personal data included (read only) -----------
+    EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA pmta TO %I', analyst);
 END
 $roles$;
 

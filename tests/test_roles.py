@@ -8,7 +8,9 @@ psql variables) and everything is dropped afterwards.
 
 from __future__ import annotations
 
+import csv
 import io
+import re
 import shutil
 import subprocess
 import uuid
@@ -283,3 +285,209 @@ def test_writer_runs_ingest_cli(roles_db: RolesDb, cli_env: dict[str, str]) -> N
     assert proc.returncode == 0, proc.stderr.decode()
     with psycopg.connect(roles_db.admin, autocommit=True) as c:
         assert count(c, "SELECT count(*) FROM pmta.events") == 500
+
+
+# --- no address reaches the reader ---------------------------------------------------
+
+#: what looks like an e-mail address: a quoted or plain local part, '@', a domain or an
+#: address literal. The mask's token '…' is no local-part character here, so a masked
+#: address ('<…@gmail.com>') does not match.
+ADDRESS = re.compile(r'(?:"[^"\r\n]*"|[^\s<>@"(),;:\[\]…]+)@[^\s<>@"(),;:]+')
+#: the local parts of the addresses below (one is also the tail of a VERP sender)
+LOCAL_PARTS = re.compile(
+    r"alice\.smith|carol jones|\bbob\b|dave\.jobs|erin\.obrien|frank\.sender|grace\.fbl"
+    r"|heidi\.env|ivan\.literal|judy\.rcpt|kim\.status",
+    re.IGNORECASE,
+)
+ADDRESS_HEADER = (
+    "type", "timeLogged", "timeQueued", "orig", "rcpt", "orcpt", "dsnAction", "dsnStatus",
+    "dsnDiag", "dsnMta", "bounceCat", "dlvSourceIp", "vmta", "jobId", "envId", "queue",
+    "vmtaPool", "repSourceIp", "feedbackType", "header_X-job", "header_Subject",
+)  # fmt: skip
+VERP = "bounce-12345-alice.smith=gmail.com@bounce.example.com"
+
+
+def address_records() -> bytes:
+    """Records whose text fields carry addresses the way real replies and headers do."""
+
+    def rec(rtype: str, minute: int, rcpt: str, **kw: str) -> list[str]:
+        fields = {"type": rtype, "timeLogged": f"2026-01-01 10:{minute:02d}:00+0000",
+                  "timeQueued": f"2026-01-01 09:{minute:02d}:00+0000", "rcpt": rcpt,
+                  "orig": VERP, "orcpt": f"rfc822;{rcpt}", "dlvSourceIp": "192.0.2.10",
+                  "vmta": "vmta1", "vmtaPool": "pool1", "jobId": "spring-sale",
+                  "envId": f"env-{rcpt}", "header_Subject": f"Hello {rcpt}", **kw}  # fmt: skip
+        assert set(fields) <= set(ADDRESS_HEADER)
+        return [fields.get(name, "") for name in ADDRESS_HEADER]
+
+    greylist = "smtp;450 4.2.0 <alice.smith@gmail.com>: Recipient address rejected: Greylisted"
+    rows = [
+        # a deferral quoting its recipient in dsnDiag and dsnStatus
+        rec(
+            "t",
+            1,
+            "alice.smith@gmail.com",
+            dsnAction="delayed",
+            dsnDiag=greylist,
+            dsnStatus="4.2.0 (<alice.smith@gmail.com>: Recipient address rejected)",
+        ),
+        rec(
+            "t",
+            2,
+            "kim.status@gmail.com",
+            dsnAction="delayed",
+            dsnStatus="4.2.2 (mailbox kim.status@gmail.com full)",
+            dsnDiag='smtp;452 4.2.2 "carol jones"@gmail.com: mailbox over quota',
+        ),
+        rec(
+            "b",
+            3,
+            "bob@example.org",
+            dsnAction="failed",
+            bounceCat="bad-mailbox",
+            dsnStatus="5.1.1 (bad destination mailbox address)",
+            dsnDiag="smtp;550 5.1.1 <bob@example.org>... User unknown",
+            jobId="welcome:dave.jobs@hotmail.com",
+        ),  # a job id that holds an address
+        rec(
+            "b",
+            4,
+            "ivan.literal@example.org",
+            dsnAction="failed",
+            bounceCat="bad-mailbox",
+            dsnDiag="smtp;550 5.1.1 <ivan.literal@[192.0.2.99]>: relay denied",
+        ),
+        rec(
+            "rb",
+            5,
+            "erin.obrien@example.net",
+            bounceCat="bad-mailbox",
+            dsnDiag="smtp;550 5.1.1 no such local recipient: <erin.obrien@example.net> in "
+            '"RCPT TO:<erin.obrien@example.net>" (mailto:postmaster@example.net)',
+        ),
+        # a queue-wide deferral: no recipient, no sender
+        rec(
+            "tq",
+            6,
+            "",
+            orig="",
+            orcpt="",
+            envId="",
+            header_Subject="",
+            queue="yahoo.com/vmta1",
+            dsnDiag="smtp;421 4.7.0 [TS01] messages from frank.sender@sender.example",
+        ),
+        # a complaint without a job id: the job comes from the original message's X-Job
+        rec(
+            "f",
+            7,
+            "grace.fbl@yahoo.com",
+            jobId="",
+            repSourceIp="192.0.2.11",
+            feedbackType="abuse",
+            **{"header_X-job": "promo-grace.fbl@yahoo.com"},
+        ),
+        rec("d", 8, "heidi.env@gmail.com", dsnAction="relayed", dsnDiag="smtp;250 2.0.0 OK"),
+        rec(
+            "d",
+            9,
+            "judy.rcpt@gmail.com",
+            dsnAction="relayed",
+            dsnDiag="smtp;250 2.0.0 OK <judy.rcpt@gmail.com> queued as 7A1B2C3D4E",
+        ),
+    ]
+    buf = io.StringIO()
+    out = csv.writer(buf, lineterminator="\n")
+    out.writerow(ADDRESS_HEADER)
+    out.writerows(rows)
+    return buf.getvalue().encode()
+
+
+def readable_columns(conn: psycopg.Connection[tuple[object, ...]]) -> dict[str, list[str]]:
+    """Every relation outside the system schemas that the session's role may SELECT
+    (``schema.name``), with the columns it may read: from the catalog, not from a list."""
+    rows = conn.execute(
+        "SELECT n.nspname || '.' || c.relname, array_agg(a.attname::text ORDER BY a.attnum)"
+        " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
+        " WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')"
+        "   AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+        "   AND n.nspname NOT LIKE 'pg\\_toast%'"
+        "   AND has_column_privilege(c.oid, a.attnum, 'SELECT')"
+        " GROUP BY n.nspname, c.relname"
+    ).fetchall()
+    return {str(rel): [str(col) for col in cols] for rel, cols in rows}  # type: ignore[attr-defined]
+
+
+def addresses_in(
+    conn: psycopg.Connection[tuple[object, ...]], rel: str, cols: list[str]
+) -> list[str]:
+    """``rel.column: value`` for every value of ``cols`` that looks like (part of) an address."""
+    schema, name = rel.split(".", 1)
+    query = sql.SQL("SELECT {} FROM {}").format(
+        sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in cols),
+        sql.Identifier(schema, name),
+    )
+    found = []
+    for row in conn.execute(query).fetchall():
+        for col, value in zip(cols, row, strict=True):
+            if isinstance(value, str) and (ADDRESS.search(value) or LOCAL_PARTS.search(value)):
+                found.append(f"{rel}.{col}: {value}")
+    return sorted(set(found))
+
+
+def add_raw_views(owner: str) -> None:
+    """Views a later migration might add that show raw texts: roles.sql must withhold them."""
+    with psycopg.connect(owner, autocommit=True) as c:
+        c.execute(
+            "CREATE VIEW pmta.zz_raw_examples AS SELECT bucket, example FROM pmta.rollup_diag"
+        )
+        # a name that is masked in the report views, here unmasked
+        c.execute("CREATE VIEW pmta.zz_raw_jobs AS SELECT job_id, n FROM pmta.rollup_daily")
+        # an allowed name on a type that can hold anything
+        c.execute(
+            "CREATE VIEW pmta.zz_raw_records AS"
+            " SELECT to_jsonb(e) AS record_type FROM pmta.events e"
+        )
+
+
+def test_reader_sees_no_address_in_any_column(roles_db: RolesDb) -> None:
+    load_as(roles_db.writer, stream(300, days=1, seed=11, start="2026-01-01"))
+    load_as(roles_db.writer, address_records())
+    add_raw_views(roles_db.owner)
+    proc = run_roles_sql(roles_db.owner, roles_db.groups)
+    assert proc.returncode == 0, proc.stderr
+    # every shipped view qualifies; the raw ones are withheld, and said to be
+    withheld = sorted(re.findall(r"WARNING:  view (\S+) is not granted", proc.stderr))
+    assert withheld == ["pmta.zz_raw_examples", "pmta.zz_raw_jobs", "pmta.zz_raw_records"]
+    with psycopg.connect(roles_db.admin, autocommit=True) as c:
+        assert count(c, "SELECT count(*) FROM pmta.events WHERE rcpt LIKE '%.%@%'") > 0
+        assert count(c, "SELECT count(*) FROM pmta.events WHERE orig = %s", VERP) == 8
+
+    with psycopg.connect(roles_db.reader, autocommit=True) as c:
+        readable = readable_columns(c)
+        # the report views the reader works with are there, the raw data is not
+        assert {
+            "pmta.deferral_patterns",
+            "pmta.diag_patterns",
+            "pmta.daily_diag",
+            "pmta.job_summary",
+            "pmta.complaints",
+            "pmta.mailbox_providers",
+        } <= set(readable)
+        assert not {"pmta.events", "pmta.rejects", "pmta.rollup_diag"} & set(readable)
+        found = [
+            hit for rel, cols in sorted(readable.items()) for hit in addresses_in(c, rel, cols)
+        ]
+        assert found == [], "the reader sees addresses:\n" + "\n".join(found)
+        # masked, not dropped: the domain and the rest of the reply stay readable
+        examples = {r[0] for r in c.execute("SELECT example FROM pmta.deferral_patterns")}
+        assert "smtp;450 4.2.0 <…@gmail.com>: Recipient address rejected: Greylisted" in examples
+        assert "smtp;452 4.2.2 …@gmail.com: mailbox over quota" in examples
+        jobs = {r[0] for r in c.execute("SELECT job_id FROM pmta.job_summary")}
+        assert {"welcome:…@hotmail.com", "…@yahoo.com", "spring-sale"} <= jobs
+
+    # the analyst keeps the raw texts: the rollup and the raw events
+    with psycopg.connect(roles_db.analyst, autocommit=True) as c:
+        raw = {r[0] for r in c.execute("SELECT example FROM pmta.rollup_diag")}
+        assert "smtp;550 5.1.1 <bob@example.org>... User unknown" in raw
+        assert count(c, "SELECT count(*) FROM pmta.events WHERE orig = %s", VERP) == 8

@@ -1,7 +1,8 @@
 """Accounting records -> rows for ``pmta.events`` (or rejects), mapped by the header line.
 
 Pure code, no I/O: ``RecordParser.parse`` takes whole records (``bytes``, as the
-``framing`` module cuts them) and returns a ``ParsedBatch``.
+``framing`` module cuts them) and returns a ``ParsedBatch``. Each record is read
+as one record: CSV never runs on from one into the next.
 
 Rules (documented for users in ``docs/reference.md``):
 
@@ -16,6 +17,12 @@ Rules (documented for users in ``docs/reference.md``):
   not parse leaves the column NULL and is kept in ``extra`` under its field name.
   Every other non-empty column is kept in ``extra`` under its original name; the
   k-th repeat of a column name in one header is kept as ``name#k``.
+* A record that leaves a quoted field open at its end (``framing`` hands on a torn
+  record alone) is rejected as an "unterminated quoted field"; a quote inside an
+  unquoted field is only a character (``smtp;250 ok user "john doe`` reads). A
+  record of ``framing.DEFAULT_MAX_RECORD_BYTES`` or more was cut there: rejected.
+* Header lines, blank records and positions are decided as ``framing.header_field``
+  and ``framing.count_positions`` say, so the spool and the importer count alike.
 * ``time_logged`` comes from ``timeLogged``; when a record has none, from
   ``timeQueued``, then ``timeFirstAttempt``, then the time pmta-pipe received the
   batch (kept with the batch in the spool, so a replay gives the same time); ``extra``
@@ -30,11 +37,14 @@ loaded again by any route (pipe, replay, file import) is recognised and not adde
 Speed: a batch is parsed in two passes. The first walks the rows that C's
 ``csv.reader`` yields and only sorts them: header lines, blank lines, rows of the
 wrong width or without a type; rows of the header's width and a usual type go on
-untouched. The second pass works column by column on the rows that share a
-header (``zip(*rows)``): identities, timestamps, typed values and domains are
-computed with ``map`` over cached converters, so that no Python bytecode runs per
-field; the rare cases (a typed value that does not parse, a missing timeLogged, an
-unknown column with a value) are then fixed row by row. See ``docs/performance.md``.
+untouched. One reader reads the whole batch; its ``line_num`` tells when a row took
+more than one record (an unterminated quote), and the reader is started again
+after that record. An empty line after the last record lets it tell there too.
+The second pass works column by column on the rows that share a header
+(``zip(*rows)``): identities, timestamps, typed values and domains are computed
+with ``map`` over cached converters, so that no Python bytecode runs per field;
+the rare cases (a typed value that does not parse, a missing timeLogged, an unknown
+column with a value) are then fixed row by row. See ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -47,15 +57,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from functools import lru_cache, partial
-from itertools import repeat
+from itertools import chain, islice, repeat
 from operator import itemgetter, methodcaller
+from typing import TYPE_CHECKING
 
 from pmta_pipe import values
 from pmta_pipe.fields import DEFAULT_V5_HEADER, KNOWN_FIELDS, KNOWN_INDEX
-from pmta_pipe.framing import DEFAULT_MAX_RECORD_BYTES
+from pmta_pipe.framing import DEFAULT_MAX_RECORD_BYTES, header_field
+
+if TYPE_CHECKING:
+    from _csv import Reader as _CsvReader
 
 _BOM = "\ufeff"
-csv.field_size_limit(DEFAULT_MAX_RECORD_BYTES)
+_END = ("",)  # read after the last record, see _reader
+#: the reason of a record that opens a quoted field and does not close it
+UNTERMINATED = "unterminated quoted field"
+#: the reason of a record of ``DEFAULT_MAX_RECORD_BYTES`` or more (framing cut it there)
+CUT = f"cut at the record limit of {DEFAULT_MAX_RECORD_BYTES} bytes"
 _TIME_FALLBACKS = ("timeQueued", "timeFirstAttempt")
 _FALLBACKS = [KNOWN_INDEX[n.lower()] for n in _TIME_FALLBACKS]
 _I_RCPT = KNOWN_INDEX["rcpt"]
@@ -174,8 +192,22 @@ class Header:
         return cls(DEFAULT_V5_HEADER)
 
 
-def _is_header(first: str) -> bool:
-    return len(first) >= 4 and first.lstrip(_BOM).strip().lower() == "type"
+def _reader(texts: list[str], start: int, stop: int) -> _CsvReader:
+    """A csv reader of ``texts[start:stop]`` and then of one empty line.
+
+    The empty line is read as a blank row, unless the last text leaves a quoted
+    field open: then the reader reads it too, and its ``line_num`` tells.
+    """
+    whole = not start and stop == len(texts)
+    return csv.reader(chain(iter(texts) if whole else islice(texts, start, stop), _END))
+
+
+def _cut_records(records: Sequence[bytes]) -> list[int]:
+    """Indexes of the records cut at the record limit, and ``len(records)`` last."""
+    end = len(records)
+    if not end or max(map(len, records)) < DEFAULT_MAX_RECORD_BYTES:
+        return [end]
+    return [i for i, r in enumerate(records) if len(r) >= DEFAULT_MAX_RECORD_BYTES] + [end]
 
 
 @dataclass
@@ -212,28 +244,40 @@ class RecordParser:
         received = (received_at.isoformat(), received_at.astimezone(timezone.utc).date())
         seg = _Segment(self.header)
         width = self.header.width
-        lines = iter(texts)
-        base = 0  # texts read by the csv readers before the current one
-        reader = csv.reader(lines)
+        # One csv reader reads the texts one after the other. ``ln`` is the line_num
+        # it has once it has read texts[base + ln - 1] alone: when it has read more,
+        # that text left a quoted field open and the reader ran on into the next ones.
+        # The reader stops before each record cut at the record limit (``cuts``).
+        cuts = _cut_records(records)
+        base, ln, cut, stop = 0, 1, 0, cuts[0]
+        reader = _reader(texts, base, stop)
         while True:
             rows_append = seg.rows.append
             lines_append = seg.lines.append
             positions_append = seg.positions.append
             try:
                 for row in reader:
-                    if len(row) == width and row[0] in _USUAL_TYPES:  # the common case
-                        position += 1
+                    if len(row) == width and row[0] in _USUAL_TYPES and reader.line_num == ln:
+                        position += 1  # the common case
                         rows_append(row)
-                        lines_append(base + reader.line_num - 1)
+                        lines_append(base + ln - 1)
                         positions_append(position)
+                        ln += 1
                         continue
-                    line = base + reader.line_num - 1
+                    line = base + ln - 1
+                    if reader.line_num != ln:  # texts[line] is unterminated: alone, a reject
+                        position += 1
+                        out.rejects.append(Reject(texts[line], UNTERMINATED, position))
+                        base, ln = line + 1, 1
+                        reader = _reader(texts, base, stop)
+                        break  # read again from the text after it
+                    ln += 1
                     if not row or (len(row) == 1 and not row[0].strip()):
-                        continue  # blank line
+                        continue  # blank line (or the end-of-input sentinel)
                     first = row[0]
                     if first[:1] == _BOM:
                         first = row[0] = first[1:]
-                    if _is_header(first):
+                    if header_field(first):
                         self._convert(seg, texts, received, out)
                         row[0] = "type"
                         self.header = Header(row)
@@ -257,14 +301,21 @@ class RecordParser:
                     rows_append(row)
                     lines_append(line)
                     positions_append(position)
-                else:
-                    break  # end of the records
+                else:  # the reader is at its stop: a cut record, or the end
+                    if stop == len(texts):
+                        break
+                    position += 1
+                    out.rejects.append(Reject(texts[stop], CUT, position))
+                    base, ln, cut = stop + 1, 1, cut + 1
+                    stop = cuts[cut]
+                    reader = _reader(texts, base, stop)
             except csv.Error as exc:
                 position += 1
-                line = base + reader.line_num - 1
-                out.rejects.append(Reject(texts[line], f"malformed CSV: {exc}", position))
-                base = line + 1
-                reader = csv.reader(lines)
+                line = base + ln - 1
+                reason = f"malformed CSV: {exc}" if reader.line_num == ln else UNTERMINATED
+                out.rejects.append(Reject(texts[line], reason, position))
+                base, ln = line + 1, 1
+                reader = _reader(texts, base, stop)
         self._convert(seg, texts, received, out)
         self.next_position = position + 1
         out.rejects.sort(key=_position_of)

@@ -263,7 +263,7 @@ class ChunkSplitter:
     def finish(self, out: list[bytes]) -> None:
         """At end of input: hand on the last line (with no line break) and anything pending."""
         rest, self._rest = self._rest, b""
-        if rest.strip() or self._asm.pending:
+        if rest.strip() or (rest and self._asm.pending):  # not the line after a last break
             self._asm.push(rest, out)
         last = self._asm.flush()
         if last is not None:

@@ -238,3 +238,41 @@ def test_unbalanced_quote_is_cut_at_the_size_limit() -> None:
 def test_blank_lines_are_not_records() -> None:
     batch = parse(HEADER + b"\n\r\nd,2026-01-15 14:23:11-0700,,,,,\n\n")
     assert batch.records == 1
+
+
+def test_a_record_with_an_open_quote_is_read_alone() -> None:
+    good = [b"d,2026-01-15 14:23:%02d-0700,o,r%d@x.com,,1," % (n, n) for n in range(1, 5)]
+    for torn in (
+        b'd,2026-01-15 14:23:59-0700,o,"r@x.com,,1,',  # a field opened and never closed
+        b'd,2026-01-15 14:23:59-0700,o,r"@x.com,,"1,',  # even quotes, still left open
+        b'd,2026-01-15 14:23:59-0700,o,"r@x.com\nsecond line,,1,',  # torn over two lines
+    ):
+        for at in range(len(good) + 1):  # first, in between, last
+            records = [HEADER.rstrip(b"\n"), *good[:at], torn, *good[at:]]
+            batch = RecordParser("h").parse(records, NOW)
+            assert len(batch.rows) == 4, (torn, at)
+            assert [(r.raw, r.reason, r.position) for r in batch.rejects] == [
+                (torn.decode(), "unterminated quoted field", at + 1)
+            ]
+            assert batch.positions == [p for p in range(1, 6) if p != at + 1]
+
+
+def test_malformed_csv_after_an_open_quote_is_told_apart() -> None:
+    records = [HEADER.rstrip(b"\n"), b'd,"open', b"d,a\rb", b"d,2026-01-15 14:23:11-0700,,,,,"]
+    batch = RecordParser("h").parse(records, NOW)
+    assert [(r.position, r.reason[:14]) for r in batch.rejects] == [
+        (1, "unterminated q"),
+        (2, "malformed CSV:"),
+    ]
+    assert batch.positions == [3]
+
+
+def test_a_record_cut_at_the_limit_is_rejected() -> None:
+    from pmta_pipe.framing import DEFAULT_MAX_RECORD_BYTES
+
+    piece = b"A" * DEFAULT_MAX_RECORD_BYTES  # would read as a record of type "AAAA..."
+    records = [HEADER.rstrip(b"\n"), piece, b"d,2026-01-15 14:23:11-0700,,,,,", piece + b"A"]
+    batch = RecordParser("h").parse(records, NOW)
+    assert [r.position for r in batch.rejects] == [1, 3]
+    assert batch.rejects[0].reason.startswith("cut at the record limit")
+    assert batch.positions == [2]

@@ -17,9 +17,19 @@ from typing import Any, NoReturn
 
 import psycopg
 
-from pmta_pipe import __version__
+from pmta_pipe import __version__, faults
 from pmta_pipe.config import OPTION_BY_NAME, Settings, resolve
-from pmta_pipe.errors import ConfigError, PmtaPipeError, first_line
+from pmta_pipe.errors import (
+    EX_ALERT,
+    EX_FAILURE,
+    EX_OK,
+    EX_TEMPFAIL,
+    ConfigError,
+    DatabaseUnavailable,
+    PmtaPipeError,
+    first_line,
+)
+from pmta_pipe.load import LoadResult
 
 log = logging.getLogger("pmta_pipe")
 
@@ -92,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("status", help="database, schema, spool backlog and last commits")
-    _add_options(p, (*COMMON, *SPOOL))
+    _add_options(p, (*COMMON, *SPOOL, "max_reject_share"))
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     p.set_defaults(func=cmd_status)
 
@@ -130,43 +140,131 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("uri", "status", "stop"), help="uri, status or stop")
     _add_options(p, ("data_dir", "log_level"))
     p.set_defaults(func=cmd_db)
+    _add_rejects_parser(sub)
     return parser
+
+
+def _add_rejects_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("rejects", help="list the records that could not be loaded, or retry them")
+    p.add_argument("action", nargs="?", choices=("list", "retry"), default="list",
+                   metavar="ACTION", help="list (the default) or retry")  # fmt: skip
+    _add_options(p, (*COMMON, "batch_rows"))
+    p.add_argument("--since", help="only rejects received since then (timestamp, date, or age "
+                   "like 24h, 7d; default: all)")  # fmt: skip
+    p.add_argument("--reason", metavar="TEXT",
+                   help="only rejects whose reason contains TEXT (in any case)")  # fmt: skip
+    p.add_argument("--source", dest="filter_source", metavar="NAME",
+                   help="only rejects from this PowerMTA host (the source column)")  # fmt: skip
+    p.add_argument("--top", type=int, metavar="N",
+                   help="list: at most N rejects and N reasons (default 20)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_rejects)
 
 
 # -- commands ------------------------------------------------------------------
 
 
+def accounting_line(result: LoadResult, left_in_spool: int | None = None) -> str:
+    """``N read = I inserted + D duplicates + R rejected`` (``+ S left in the spool``)."""
+    read = result.records + (left_in_spool or 0)
+    line = (
+        f"{read} read = {result.inserted} inserted + {result.duplicates} duplicates"
+        f" + {result.rejected} rejected"
+    )
+    if left_in_spool is not None:
+        line += f" + {left_in_spool} left in the spool"
+    return line
+
+
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     from pmta_pipe.ingest import run_ingest
 
-    run_ingest(settings)
-    return 0
+    result = run_ingest(settings)
+    # stdout may be PowerMTA's, and is not read: the summary goes with the logs
+    t = result.totals
+    log.info("done: %d records, %d inserted, %d duplicates, %d rejected in %.1f s",
+             t.records, t.inserted, t.duplicates, t.rejected, result.seconds)  # fmt: skip
+    log.info("%s", accounting_line(t, result.left_records))
+    if result.error is not None:
+        sys.stderr.write(f"error: {result.error}\n")
+        return result.error.exit_code
+    return EX_OK
 
 
 def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
-    from pmta_pipe.importer import run_import
+    from pmta_pipe.importer import import_files
 
     if args.jobs < 1:
         raise ConfigError("--jobs must be at least 1")
-    return run_import(settings, args.paths, force=args.force, fmt=args.format, jobs=args.jobs)
+    summary = import_files(settings, args.paths, force=args.force, jobs=args.jobs)
+    if args.format == "json":
+        print(json.dumps(summary.as_dict(), indent=2))
+    else:
+        d = summary.as_dict()
+        rate = d["records"] / summary.seconds if summary.seconds > 0 else 0.0
+        print(f"files: {d['files']} ({d['imported']} imported, {d['skipped']} skipped, "
+              f"{d['partial']} partial, {d['failed']} failed)")  # fmt: skip
+        print(
+            f"records: {d['records']}, inserted: {d['inserted']}, duplicates: "
+            f"{d['duplicates']}, rejected: {d['rejected']}"
+        )
+        print(accounting_line(summary.totals()))
+        print(f"time: {summary.seconds:.1f} s ({rate:.0f} records/s)")
+        for f in summary.files:
+            if f.status in ("failed", "partial"):
+                print(f"{f.status}: {f.path}: {f.note}")
+    return EX_FAILURE if summary.total("failed") else EX_OK
 
 
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
-    from pmta_pipe.replay import run_replay
+    from pmta_pipe.replay import replay_spool
 
-    return run_replay(settings)
+    try:
+        result = replay_spool(settings)
+    except DatabaseUnavailable as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return EX_TEMPFAIL
+    if result.segments:
+        t = result.result
+        print(
+            f"replayed {result.segments} segments: {t.records} records, {t.inserted} inserted,"
+            f" {t.duplicates} duplicates, {t.rejected} rejected"
+            f" ({result.totals.skipped_batches} batches were already committed)"
+        )
+        print(accounting_line(t, 0))  # what replay claimed, it loaded (else it failed)
+        if result.damaged:
+            print(f"{result.damaged} damaged segments moved aside (*.corrupt): see the log")
+    if result.left_segments:
+        print(f"{result.left_segments} segments left in {result.folder} (held by a running "
+              "pmta-pipe ingest, or not loaded: see the log)")  # fmt: skip
+    else:
+        print(f"spool {result.folder} is empty")
+    return EX_OK
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    from pmta_pipe.status import run_status
+    from pmta_pipe.status import collect_status, format_text
 
-    return run_status(settings, fmt=args.format)
+    st = collect_status(settings)
+    print(json.dumps(st, indent=2) if args.format == "json" else format_text(st))
+    return EX_OK if st["healthy"] else EX_FAILURE
 
 
 def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
-    from pmta_pipe.report import run_report
+    from pmta_pipe.report import FILTERS, ReportQuery, fetch, render
 
-    return run_report(settings, args)
+    if args.fail_on_alert and args.kind != "alerts":
+        raise ConfigError("--fail-on-alert only applies to 'report alerts'",
+                          "run 'pmta-pipe report alerts --fail-on-alert'")  # fmt: skip
+    query = ReportQuery(
+        args.kind, since=args.since, until=args.until, top=args.top,
+        filters={name: getattr(args, name) for name in FILTERS if getattr(args, name, None)},
+    )  # fmt: skip
+    data = fetch(settings, query)
+    sys.stdout.write(render(data.kind, data.columns, data.rows, args.format))
+    if args.fail_on_alert and data.rows:
+        return EX_ALERT
+    return EX_OK
 
 
 def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
@@ -211,6 +309,33 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rejects(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from pmta_pipe import db, rejects
+
+    filt = rejects.RejectFilter.of(args.since, args.reason, args.filter_source,
+                                   datetime.now(timezone.utc))  # fmt: skip
+    if args.action == "retry":
+        if args.top is not None:
+            raise ConfigError("--top only applies to 'rejects list'",
+                              "narrow a retry with --since, --reason or --source")  # fmt: skip
+        target = db.resolve_target(settings)
+        log.info("retrying rejects in %s", target.description)
+        result = rejects.retry_rejects(target, filt, batch_rows=settings.batch_rows,
+                                       retry_for=settings.drain_timeout)  # fmt: skip
+        sys.stdout.write(rejects.render_retry(result, as_json=args.json))
+        return 0
+    top = 20 if args.top is None else args.top
+    if top < 1:
+        raise ConfigError("--top must be at least 1", "e.g. --top 20")
+    target = db.resolve_target(settings)
+    log.info("listing rejects in %s", target.description)
+    found = rejects.list_rejects(target, filt, top=top)
+    sys.stdout.write(rejects.render_list(found, as_json=args.json))
+    return 0
+
+
 # -- entry point -----------------------------------------------------------------
 
 
@@ -243,14 +368,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
-    except psycopg.OperationalError as exc:
+    except psycopg.Error as exc:
         if debug:
             log.exception("database error")
-        sys.stderr.write(
-            f"error: cannot use the database: {first_line(exc)} "
-            "(hint: check --dsn / PMTA_PIPE_DSN and that PostgreSQL is running)\n"
-        )
-        return 1
+        if faults.is_transient(exc):
+            hint = "check --dsn / PMTA_PIPE_DSN and that PostgreSQL is running"
+            sys.stderr.write(f"error: cannot use the database: {first_line(exc)} (hint: {hint})\n")
+        else:
+            sys.stderr.write(
+                f"error: the database refused: {faults.describe(exc)} "
+                f"(hint: {faults.setup_hint(exc)})\n"
+            )
+        return EX_FAILURE
     except Exception as exc:  # a bug or an unexpected environment: one line, details at debug
         if debug:
             log.exception("unexpected error")

@@ -64,6 +64,18 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
+def parse_share(text: str) -> float:
+    """``1%``, ``0.5 %``, ``0.01`` -> a fraction from 0 to 1."""
+    t = text.strip()
+    percent = t.endswith("%")
+    value = _number(t[:-1] if percent else t, float)
+    if percent:
+        value /= 100
+    if not 0 <= value <= 1:
+        raise ValueError("expected a share such as 1% or 0.01")
+    return value
+
+
 def _text(text: str) -> str:
     if not text.strip():
         raise ValueError("must not be empty")
@@ -115,6 +127,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("drain_timeout", "--drain-timeout", _non_negative_float,
            "at end of input, how long to wait for an unreachable database (default 30)",
            "SECONDS"),
+    Option("max_reject_share", "--max-reject-share", parse_share,
+           "status: largest share of rejected records in the last hour, per source, "
+           "that is still healthy (default 1%)", "SHARE"),
     Option("log_level", "--log-level", _level,
            "debug, info, warning or error (default info)", "LEVEL"),
 )  # fmt: skip
@@ -154,6 +169,7 @@ class Settings:
     spool_dir: Path | None = None
     spool_max_bytes: int = 10 << 30
     drain_timeout: float = 30.0
+    max_reject_share: float = 0.01
     log_level: str = "INFO"
 
     @property

@@ -42,7 +42,6 @@ import logging
 import multiprocessing
 import queue
 import sys
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -51,15 +50,17 @@ from typing import Any, BinaryIO, cast
 
 import psycopg
 
-from pmta_pipe import compression, db, ledger, rollups
+from pmta_pipe import compression, db, ledger
 from pmta_pipe.config import Settings
-from pmta_pipe.errors import DatabaseUnavailable, PmtaPipeError, first_line
+from pmta_pipe.errors import DatabaseUnavailable, PmtaPipeError, SetupFault, first_line
 from pmta_pipe.inputs import STDIN, FilePlan, find_inputs, plan_file
 from pmta_pipe.load import Loader, LoadResult
 from pmta_pipe.migrate import apply_migrations
-from pmta_pipe.parse import ParsedBatch, RecordParser
+from pmta_pipe.parse import RecordParser
+from pmta_pipe.pipeline import Batch, Pipeline, Receipt
 from pmta_pipe.progress import Progress, make_progress
 from pmta_pipe.reader import iter_batches
+from pmta_pipe.spool import is_header_record
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,12 @@ class FileOutcome:
     duplicates: int = 0
     rejected: int = 0
     note: str = ""
+
+    def add(self, result: LoadResult) -> None:
+        self.records += result.records
+        self.inserted += result.inserted
+        self.duplicates += result.duplicates
+        self.rejected += result.rejected
 
 
 @dataclass
@@ -113,27 +120,38 @@ class ImportSummary:
         }
 
 
-# -- reading (its own thread) -------------------------------------------------------
+# -- one process: read and parse here, load in the pipeline's thread ------------------
 
 
 @dataclass
-class _Start:
-    plan: FilePlan
+class _FileReceipt(Receipt):
+    """A batch of an imported file: the ledger's progress commits with it."""
 
-
-@dataclass
-class _Batch:
     plan: FilePlan
-    parsed: ParsedBatch
+    outcome: FileOutcome
+    records_read: int  # counted from the start of the file, header lines included
     header_line: str | None
-    records_read: int
     raw_bytes: int
-    deltas: rollups.Deltas  # counted in the reading thread, while the loader waits
+    bar: Progress
+    route = "import"
+
+    def __post_init__(self) -> None:
+        self.import_path = self.plan.name
+
+    def in_transaction(self, conn: psycopg.Connection[Any], result: LoadResult) -> None:
+        if self.plan.ledgered:
+            ledger.record_progress(conn, self.plan.name, self.records_read, self.header_line,
+                                   result)  # fmt: skip
+
+    def committed(self, result: LoadResult) -> None:
+        self.outcome.add(result)
+        self.bar.advance(self.plan.name, self.raw_bytes, result.records)
 
 
 @dataclass
-class _End:
-    plan: FilePlan
+class _FileEnd:
+    """How reading one file ended."""
+
     records_read: int
     header_line: str | None
     bytes_done: int | None
@@ -141,130 +159,68 @@ class _End:
     held_back: int = 0
 
 
-_Message = _Start | _Batch | _End | None
+def _open(plan: FilePlan) -> BinaryIO:
+    if plan.name == STDIN:
+        return cast(BinaryIO, sys.stdin.buffer)
+    f = open(plan.name, "rb")  # noqa: SIM115 -- closed by _read_file
+    if plan.seek_to:
+        f.seek(plan.seek_to)
+    return f
 
 
-def _is_header_record(rec: bytes) -> bool:
-    return rec.lstrip(b"\xef\xbb\xbf").split(b",", 1)[0].strip().lower() == b"type"
-
-
-class FileReader(threading.Thread):
-    """Reads, decompresses, cuts and parses every planned file, in order, into ``out``."""
-
-    def __init__(
-        self,
-        plans: Iterable[FilePlan],
-        out: queue.Queue[_Message],
-        *,
-        source: str,
-        batch_rows: int,
-    ) -> None:
-        super().__init__(name="pmta-pipe-import-reader", daemon=True)
-        self.plans = plans
-        self.out = out
-        self.source = source
-        self.batch_rows = batch_rows
-        self.stopping = threading.Event()
-        self.error: BaseException | None = None
-
-    def _put(self, msg: _Message) -> None:
-        while not self.stopping.is_set():
-            try:
-                self.out.put(msg, timeout=0.2)
-                return
-            except queue.Full:
-                continue
-
-    def run(self) -> None:
-        try:
-            for plan in self.plans:
-                if self.stopping.is_set():
-                    return
-                self._put(_Start(plan))
-                self._put(self._read(plan))
-        except BaseException as exc:  # handed to the main thread
-            self.error = exc
-        finally:
-            self._put(None)
-
-    def _open(self, plan: FilePlan) -> BinaryIO:
-        if plan.name == STDIN:
-            return cast(BinaryIO, sys.stdin.buffer)
-        f = open(plan.name, "rb")  # noqa: SIM115 -- closed by _read
-        if plan.seek_to:
-            f.seek(plan.seek_to)
-        return f
-
-    def _read(self, plan: FilePlan) -> _End:
-        parser = RecordParser(self.source)
-        stamp = plan.mtime or datetime.now(timezone.utc)
-        records_read = plan.records_read if plan.seek_to else 0  # counted from where reading starts
-        hold = (
-            plan.kind == "plain"
-            and plan.mtime is not None
-            and time.time() - plan.mtime.timestamp() < HOLD_TAIL_SECONDS
-        )
-        try:
-            raw = self._open(plan)
-        except OSError as exc:
-            return _End(plan, records_read, None, None, f"cannot read: {exc.strerror or exc}")
-        try:
-            guard, counter = compression.open_records(raw, plan.kind, hold_unterminated_tail=hold)
-            if plan.header_line:
-                parser.parse([plan.header_line.encode()], stamp)
-            parser.next_position = plan.next_position
-            skip = plan.skip_records
-            reported = 0
-            for batch in iter_batches(cast(BinaryIO, guard), self.batch_rows, stamp):
-                if self.stopping.is_set():
-                    return _End(plan, records_read, parser.header_line, None, "stopped")
-                records = batch.records
-                if skip:
-                    passed, records = records[:skip], records[skip:]
-                    skip -= len(passed)
-                    for rec in passed:
-                        if _is_header_record(rec):
-                            parser.parse([rec], stamp)
-                    parser.next_position = plan.next_position
-                records_read += len(batch.records)
-                parsed = parser.parse(records, stamp)
-                self._put(
-                    _Batch(
-                        plan,
-                        parsed,
-                        parser.header_line,
-                        records_read,
-                        counter.count - reported,
-                        rollups.Deltas.of(parsed.rows),
-                    )
-                )
-                reported = counter.count
-            error = None
-            if guard.error is not None:
-                error = f"damaged {plan.kind} data: {guard.error}"
-            return _End(
-                plan, records_read, parser.header_line, plan.seek_to + guard.consumed, error,
-                guard.dropped if guard.error is None else 0,
-            )  # fmt: skip
-        finally:
-            if raw is not sys.stdin.buffer:
-                raw.close()
-
-
-# -- loading (main thread) ---------------------------------------------------------
-
-
-class _Checkpoint:
-    """The ledger update that goes into each batch's transaction (``after_load``)."""
-
-    def __init__(self) -> None:
-        self.path: str | None = None
-        self.records_read = 0
-        self.header_line: str | None = None
-
-    def write(self, conn: psycopg.Connection[Any], result: LoadResult) -> None:
-        if self.path is not None:
-            ledger.record_progress(conn, self.path, self.records_read, self.header_line, result)
+def _read_file(
+    plan: FilePlan,
+    pipeline: Pipeline,
+    outcome: FileOutcome,
+    bar: Progress,
+    *,
+    source: str,
+    batch_rows: int,
+) -> _FileEnd:
+    """Read, decompress, cut and hand one file to ``pipeline``, batch by batch."""
+    parser = RecordParser(source)
+    stamp = plan.mtime or datetime.now(timezone.utc)
+    records_read = plan.records_read if plan.seek_to else 0  # counted from where reading starts
+    hold = (
+        plan.kind == "plain"
+        and plan.mtime is not None
+        and time.time() - plan.mtime.timestamp() < HOLD_TAIL_SECONDS
+    )
+    try:
+        raw = _open(plan)
+    except OSError as exc:
+        return _FileEnd(records_read, None, None, f"cannot read: {exc.strerror or exc}")
+    try:
+        guard, counter = compression.open_records(raw, plan.kind, hold_unterminated_tail=hold)
+        if plan.header_line:
+            parser.parse([plan.header_line.encode()], stamp)
+        parser.next_position = plan.next_position
+        skip = plan.skip_records
+        reported = 0
+        for batch in iter_batches(cast(BinaryIO, guard), batch_rows, stamp):
+            records = batch.records
+            if skip:
+                passed, records = records[:skip], records[skip:]
+                skip -= len(passed)
+                for rec in passed:
+                    if is_header_record(rec):
+                        parser.parse([rec], stamp)
+                parser.next_position = plan.next_position
+            records_read += len(batch.records)
+            receipt = _FileReceipt(plan, outcome, records_read, None, counter.count - reported, bar)
+            pipeline.submit(Batch(records, stamp, receipt), parser)
+            receipt.header_line = parser.header_line  # the header in force after the batch
+            reported = counter.count
+        error = None
+        if guard.error is not None:
+            error = f"damaged {plan.kind} data: {guard.error}"
+        return _FileEnd(
+            records_read, parser.header_line, plan.seek_to + guard.consumed, error,
+            guard.dropped if guard.error is None else 0,
+        )  # fmt: skip
+    finally:
+        if raw is not sys.stdin.buffer:
+            raw.close()
 
 
 def _print_summary(summary: ImportSummary, fmt: str) -> None:
@@ -345,55 +301,38 @@ def _load_all(
     bar: Progress,
     outcomes: list[FileOutcome],
 ) -> None:
-    checkpoint = _Checkpoint()
-    loader = Loader(conninfo, retry_for=RETRY_FOR, after_load=checkpoint.write)
-    pending: queue.Queue[_Message] = queue.Queue(maxsize=MAX_PENDING_BATCHES)
-    reader = FileReader(plans, pending, source=source, batch_rows=settings.batch_rows)
-    reader.start()
-    current = FileOutcome("", "imported")
+    """Import ``plans`` one after the other through one pipeline."""
+    pipeline = Pipeline(Loader(conninfo, retry_for=RETRY_FOR), source, depth=MAX_PENDING_BATCHES)
     try:
-        while True:
-            msg = pending.get()
-            if msg is None:
-                break
-            plan = msg.plan
-            if isinstance(msg, _Start):
-                current = FileOutcome(plan.name, "imported", plan.kind, note=plan.note)
-                checkpoint.path = plan.name if plan.ledgered else None
-                if plan.ledgered:
-                    assert plan.mtime is not None and plan.size is not None
-                    ledger.begin_file(
-                        ledger_conn, path=plan.name, fingerprint=plan.fingerprint,
-                        fingerprint_bytes=plan.fingerprint_bytes, size=plan.size,
-                        mtime=plan.mtime, compression=plan.kind, source=source,
-                        fresh=plan.action == "read",
-                    )  # fmt: skip
-                log.info("%s: %s, %s", plan.name, plan.kind, plan.note or "reading")
-                bar.start_file(plan.name, plan.size)
-            elif isinstance(msg, _Batch):
-                checkpoint.records_read, checkpoint.header_line = msg.records_read, msg.header_line
-                if msg.parsed.records:
-                    result = loader.load(msg.parsed, msg.header_line, deltas=msg.deltas)
-                    current.records += result.records
-                    current.inserted += result.inserted
-                    current.duplicates += result.duplicates
-                    current.rejected += result.rejected
-                bar.advance(plan.name, msg.raw_bytes, msg.parsed.records)
-            else:
-                _finish(ledger_conn, msg, current, bar)
-                outcomes.append(current)
+        for plan in plans:
+            outcome = FileOutcome(plan.name, "imported", plan.kind, note=plan.note)
+            if plan.ledgered:
+                assert plan.mtime is not None and plan.size is not None
+                ledger.begin_file(
+                    ledger_conn, path=plan.name, fingerprint=plan.fingerprint,
+                    fingerprint_bytes=plan.fingerprint_bytes, size=plan.size,
+                    mtime=plan.mtime, compression=plan.kind, source=source,
+                    fresh=plan.action == "read",
+                )  # fmt: skip
+            log.info("%s: %s, %s", plan.name, plan.kind, plan.note or "reading")
+            bar.start_file(plan.name, plan.size)
+            end = _read_file(
+                plan, pipeline, outcome, bar, source=source, batch_rows=settings.batch_rows
+            )
+            pipeline.flush()  # every batch of the file committed before the ledger says so
+            _finish(ledger_conn, plan, end, outcome, bar)
+            outcomes.append(outcome)
+        pipeline.close()
     except DatabaseUnavailable as exc:
+        pipeline.abandon()
         raise DatabaseUnavailable(
             exc.message,
             "run the same import again when it is back: finished files are skipped "
             "and this one resumes",
         ) from exc
-    finally:
-        reader.stopping.set()
-        loader.close()
-        reader.join(timeout=5)
-    if reader.error is not None:
-        raise reader.error
+    except BaseException:
+        pipeline.abandon()
+        raise
 
 
 # -- several files at once: worker processes -----------------------------------------
@@ -489,28 +428,33 @@ def _load_in_workers(
                 w.join()
     if failure is not None:
         name, message, hint = failure
-        cls = DatabaseUnavailable if name == "DatabaseUnavailable" else PmtaPipeError
+        cls = {"DatabaseUnavailable": DatabaseUnavailable, "SetupFault": SetupFault}.get(
+            name, PmtaPipeError
+        )
         raise cls(message, hint)
 
 
 def _finish(
-    ledger_conn: psycopg.Connection[Any], msg: _End, current: FileOutcome, bar: Progress
+    ledger_conn: psycopg.Connection[Any],
+    plan: FilePlan,
+    end: _FileEnd,
+    outcome: FileOutcome,
+    bar: Progress,
 ) -> None:
-    plan = msg.plan
-    if msg.error:
-        current.status, current.note = "failed", msg.error
-        log.error("%s: %s (%d records before it were loaded)", plan.name, msg.error,
-                  current.records)  # fmt: skip
-    elif msg.held_back:
-        current.status = "partial"
-        current.note = f"last line ({msg.held_back} bytes) not complete yet: run again to read it"
+    if end.error:
+        outcome.status, outcome.note = "failed", end.error
+        log.error("%s: %s (%d records before it were loaded)", plan.name, end.error,
+                  outcome.records)  # fmt: skip
+    elif end.held_back:
+        outcome.status = "partial"
+        outcome.note = f"last line ({end.held_back} bytes) not complete yet: run again to read it"
     if plan.ledgered:
         ledger.finish_file(
-            ledger_conn, plan.name, records_read=msg.records_read, header_line=msg.header_line,
-            completed=not msg.error and not msg.held_back, bytes_done=msg.bytes_done,
-            error=msg.error,
+            ledger_conn, plan.name, records_read=end.records_read, header_line=end.header_line,
+            completed=not end.error and not end.held_back, bytes_done=end.bytes_done,
+            error=end.error,
         )  # fmt: skip
-    bar.end_file(plan.name, current.records, current.status)
+    bar.end_file(plan.name, outcome.records, outcome.status)
 
 
 def run_import(

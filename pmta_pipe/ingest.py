@@ -12,31 +12,36 @@ Threads and hand-offs::
   ``MAX_MEMORY_BATCHES`` batches (``MAX_MEMORY_BYTES``) in memory, and beyond that
   only their place in the spool ("on disk only"); the main thread reads those back.
 * The main thread finds the database (starting the embedded one if that is the
-  target), applies migrations on the first connection, loads orphaned segments left
-  by dead processes (at start and every ``RECOVER_SECONDS``, the latter on a
-  connection of its own), then parses the queue in order and hands each parsed batch
-  to a loader thread (``load.PipelinedLoader``, at most ``LOAD_DEPTH`` batches ahead),
+  target), hands orphaned segments left by dead processes to the same pipeline (at
+  start and every ``RECOVER_SECONDS``: ``replay.submit_orphans``), then parses the
+  queue in order and hands each parsed batch to the loader thread
+  (``pipeline.Pipeline``, at most ``LOAD_DEPTH`` batches ahead; migrations are applied
+  on its first connection),
   so that parsing the next batch overlaps loading the previous one (psycopg releases
   the GIL while PostgreSQL works). Each committed batch is acknowledged to the spool
   from the loader thread, right after its commit; the spool deletes a segment once
   all its batches are committed. The loader retries transient errors forever
   (exponential backoff with jitter, capped; logged once when the database goes away
   and once when it is back), so a database outage only makes the spool grow.
+* A fault of the setup (a missing GRANT, a dropped schema, a read-only database:
+  ``faults``) is never a reject: the loader holds the batch and retries, logging an
+  ERROR with the SQLSTATE and a hint when it starts and every few minutes, and the
+  spool shows it to ``status`` (``fault-<pid>.json``) while it lasts; a schema that
+  disappeared is migrated again before the next try. Reading and journaling go on.
 * Spool full (``--spool-max-bytes``, every process's segments counted): the reader
   stops reading stdin, so PowerMTA blocks (and after its write-timeout drops the
   pipe and keeps the records in its accounting file, if one is configured); an ERROR
   with the counts is logged when it starts and every ``FULL_LOG_SECONDS``. Nothing is
   ever dropped by pmta-pipe.
-* End of input, SIGTERM and SIGINT all end the same way: stop reading, load what was
-  read, exit 0. If the database is unreachable then, wait up to ``--drain-timeout``
-  seconds for it, then exit 75 (EX_TEMPFAIL) with the rest durably in the spool for
-  the next ``ingest`` or ``pmta-pipe replay``.
+* End of input, SIGTERM, SIGINT and SIGHUP all end the same way: stop reading, load
+  what was read, exit 0. If the database is unreachable (or a setup fault lasts)
+  then, wait up to ``--drain-timeout`` seconds for it, then exit 75 (EX_TEMPFAIL)
+  with the rest durably in the spool for the next ``ingest`` or ``pmta-pipe replay``.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import signal
 import threading
@@ -47,22 +52,15 @@ from types import FrameType
 
 from pmta_pipe import db
 from pmta_pipe.config import Settings
-from pmta_pipe.errors import DatabaseUnavailable
-from pmta_pipe.load import Loader, LoadResult, PipelinedLoader
+from pmta_pipe.errors import DatabaseUnavailable, PmtaPipeError, SetupFault, SpooledForLater
+from pmta_pipe.load import FaultNotice, Loader, LoadResult
 from pmta_pipe.parse import RecordParser
+from pmta_pipe.pipeline import Batch, Pipeline, Receipt
 from pmta_pipe.reader import RawBatch, StreamReader
-from pmta_pipe.replay import (
-    EX_TEMPFAIL,
-    BatchLedger,
-    LedgerEntry,
-    migrating_loader,
-    recover_orphans,
-)
+from pmta_pipe.replay import Recovery, submit_orphans
 from pmta_pipe.spool import BatchRef, SpooledBatch, SpoolWriter
 
 log = logging.getLogger(__name__)
-
-__all__ = ["IngestSummary", "SpooledForLater", "migrating_loader", "run_ingest"]
 
 MAX_MEMORY_BATCHES = 2  # beyond this, batches wait on disk only (bounded memory)
 MAX_MEMORY_BYTES = 32 << 20
@@ -72,20 +70,32 @@ FULL_LOG_SECONDS = 60.0
 RETRY_WAIT_MAX = 10.0  # longest pause between two attempts to reach the database
 
 
-class SpooledForLater(DatabaseUnavailable):
-    """The database stayed away after end of input; the rest is in the spool."""
+@dataclass
+class IngestResult:
+    """What one ``ingest`` run did: read = inserted + duplicates + rejected (+ left in spool)."""
 
-    exit_code = EX_TEMPFAIL
+    totals: LoadResult
+    seconds: float
+    recovered_segments: int = 0
+    left_batches: int = 0
+    left_records: int = 0  # journaled, not loaded: the next ingest or replay loads them
+    error: PmtaPipeError | None = None  # why records were left (exit 75)
 
 
 @dataclass
-class IngestSummary:
-    records: int
-    inserted: int
-    duplicates: int
-    rejected: int
-    seconds: float
-    recovered_segments: int = 0
+class _SpoolReceipt(Receipt):
+    """A batch this process journaled: acknowledged to its spool once committed."""
+
+    spool: SpoolWriter
+    ref: BatchRef | None  # None: the spool could not be written (memory only)
+
+    def __post_init__(self) -> None:
+        if self.ref is not None:
+            self.spool_segment, self.spool_offset = self.ref.segment, self.ref.offset
+
+    def committed(self, result: LoadResult) -> None:
+        if self.ref is not None:
+            self.spool.committed(self.ref)
 
 
 @dataclass
@@ -231,16 +241,27 @@ def _install_signals(stop: Callable[[], None]) -> None:
         log.info("%s: finishing what was read", signal.Signals(signum).name)
         stop()
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, handler)
 
 
-def run_ingest(settings: Settings, fd: int = 0) -> IngestSummary:
+def _fault_note(notice: FaultNotice | None) -> dict[str, str | None] | None:
+    if notice is None:
+        return None
+    return {
+        "sqlstate": notice.sqlstate,
+        "message": notice.message,
+        "hint": notice.hint,
+        "since": notice.since.isoformat(),
+    }
+
+
+def run_ingest(settings: Settings, fd: int = 0) -> IngestResult:
     """Read accounting CSV from ``fd`` until end of input; journal and load every record."""
     started = time.monotonic()
     source = settings.source_name
     spool = SpoolWriter(settings.spool_path, source, max_bytes=settings.spool_max_bytes)
-    interrupt = threading.Event()  # set: stop waiting for an unreachable database
+    interrupt = threading.Event()  # set: stop waiting for the database
 
     def at_end() -> None:
         timer = threading.Timer(settings.drain_timeout, interrupt.set)
@@ -257,39 +278,20 @@ def run_ingest(settings: Settings, fd: int = 0) -> IngestSummary:
     reader.start()  # from here on, stdin is drained whatever the database does
 
     parser = RecordParser(source)
-    ledger = BatchLedger()
-    recovered = 0
-    loader: Loader | None = None
-    pipeline: PipelinedLoader | None = None
-    recovery: Loader | None = None
-    recovery_ledger = BatchLedger()
-    unavailable: DatabaseUnavailable | None = None
-    total = LoadResult()
+    recovery = Recovery()
+    pipeline: Pipeline | None = None
+    error: PmtaPipeError | None = None
+    totals = LoadResult()
     try:
         target = db.resolve_target(settings)
         log.info("loading into %s as source %r; spool %s", target.description, source,
                  spool.folder)  # fmt: skip
-        loader = migrating_loader(
-            target.conninfo, after_load=ledger, interrupt=interrupt, max_wait=RETRY_WAIT_MAX
-        )
-        recovered += _recover(spool, loader, ledger, source)
-
-        def before_load(tag: object) -> None:
-            ledger.current = tag[1] if isinstance(tag, tuple) else None
-
-        def on_loaded(tag: object, result: LoadResult) -> None:
-            ledger.current = None
-            ref = tag[0] if isinstance(tag, tuple) else None
-            if isinstance(ref, BatchRef):
-                spool.committed(ref)
-            log.debug(
-                "batch: %d records, %d inserted, %d duplicates, %d rejected",
-                result.records, result.inserted, result.duplicates, result.rejected,
-            )  # fmt: skip
-
-        pipeline = PipelinedLoader(
-            loader, depth=LOAD_DEPTH, before_load=before_load, on_loaded=on_loaded
-        )
+        loader = Loader(
+            target.conninfo, migrate=True, interrupt=interrupt, max_wait=RETRY_WAIT_MAX,
+            hold_setup_faults=True, on_fault=lambda n: spool.report_fault(_fault_note(n)),
+        )  # fmt: skip
+        pipeline = Pipeline(loader, source, depth=LOAD_DEPTH)
+        submit_orphans(spool.folder, pipeline, source, recovery)
         next_scan = time.monotonic() + RECOVER_SECONDS
         while True:
             item = pending.get(max(0.05, next_scan - time.monotonic()))
@@ -300,63 +302,40 @@ def run_ingest(settings: Settings, fd: int = 0) -> IngestSummary:
                 if batch is None:
                     assert item.ref is not None  # only durable batches are kept on disk only
                     batch = spool.read_batch(item.ref)
-                parsed = parser.parse(
-                    batch.records, batch.received_at, first_position=batch.first_position
+                receipt = _SpoolReceipt(spool, item.ref)
+                pipeline.submit(
+                    Batch(batch.records, batch.received_at, receipt, batch.first_position), parser
                 )
-                if not parsed.records:  # header lines only: nothing to load
-                    if item.ref is not None:
-                        spool.committed(item.ref)
-                    continue
-                entry = LedgerEntry(source, batch.ref, parsed.records, batch.received_at)
-                pipeline.submit(parsed, parser.header_line, tag=(item.ref, entry))
             if time.monotonic() >= next_scan:
-                if recovery is None:  # the loader thread owns the first connection
-                    recovery = Loader(target.conninfo, after_load=recovery_ledger,
-                                      interrupt=interrupt, max_wait=RETRY_WAIT_MAX)  # fmt: skip
-                recovered += _recover(spool, recovery, recovery_ledger, source)
+                submit_orphans(spool.folder, pipeline, source, recovery)
                 next_scan = time.monotonic() + RECOVER_SECONDS
-        total = pipeline.close()
+        totals = pipeline.close().result
         pipeline = None
-    except DatabaseUnavailable as exc:
-        unavailable = exc
+    except (DatabaseUnavailable, SetupFault) as exc:
+        error = exc
     finally:
         reader.request_stop()
         if pipeline is not None:
-            with contextlib.suppress(BaseException):
-                pipeline.close()
-            total = pipeline.total
-        for each in (loader, recovery):
-            if each is not None:
-                each.close()
+            totals = pipeline.totals.result
+            pipeline.abandon()
+        recovery.release()
         reader.join()
-        left = spool.close()
+        left_batches = spool.close()
+        left_records = spool.left_records
     if reader.error is not None:
         raise reader.error
-    summary = IngestSummary(
-        total.records, total.inserted, total.duplicates, total.rejected,
-        time.monotonic() - started, recovered,
-    )  # fmt: skip
-    log.info(
-        "done: %d records, %d inserted, %d duplicates, %d rejected in %.1f s",
-        summary.records, summary.inserted, summary.duplicates, summary.rejected, summary.seconds,
-    )  # fmt: skip
-    if unavailable is not None or left:
-        raise SpooledForLater(
-            f"database unreachable {settings.drain_timeout:g} s after end of input: {left} "
-            f"batches left in the spool {spool.folder}",
-            "they are loaded by the next 'pmta-pipe ingest' or by 'pmta-pipe replay'",
-        ) from unavailable
-    return summary
-
-
-def _recover(spool: SpoolWriter, loader: Loader, ledger: BatchLedger, source: str) -> int:
-    """Load segments left by processes that are gone; return how many."""
-    result = recover_orphans(spool.folder, loader, ledger, source)
-    if result.segments:
-        t = result.total
-        log.warning(
-            "recovered %d spool segments left by earlier runs: %d records, %d inserted, "
-            "%d duplicates, %d rejected", result.segments, t.records, t.inserted,
-            t.duplicates, t.rejected,
-        )  # fmt: skip
-    return result.segments
+    if recovery.segments:
+        log.warning("recovered %d spool segments left by earlier runs (%d batches)",
+                    recovery.segments, recovery.batches)  # fmt: skip
+    result = IngestResult(
+        totals, time.monotonic() - started, recovery.segments, left_batches, left_records
+    )
+    if error is not None or left_batches:
+        why = error.message if error is not None else "the database did not take them in time"
+        result.error = SpooledForLater(
+            f"{left_records} records ({left_batches} batches) left in the spool {spool.folder}"
+            f" after {settings.drain_timeout:g} s: {why}",
+            "they are loaded by the next 'pmta-pipe ingest' or by 'pmta-pipe replay'"
+            + (f"; {error.hint}" if error is not None and error.hint else ""),
+        )
+    return result

@@ -1,41 +1,44 @@
-"""Load parsed batches into PostgreSQL: COPY into staging, one set-based upsert, in one transaction.
+"""Load one parsed batch into PostgreSQL: COPY, rollups, rejects and bookkeeping in one transaction.
 
-For each batch:
+``Loader.load`` takes a ``ParsedBatch`` and, in one transaction:
 
-1. the daily partitions it needs are created in a short transaction of their own
-   (``pmta.ensure_partitions``), so that loaders never hold partition locks;
-2. in one transaction, the rows go into ``pmta.events`` by one of two ways, and the
-   temporary table ``batch_inserted`` ends up holding exactly the rows inserted in
-   this batch; then the report rollups of those rows (``pmta_pipe.rollups``: their
-   groups, counted ahead when every row is new, are COPYed into ``batch_rollups``
-   and upserted), the batch's rejects, commit.
+1. (before it, in a short transaction of its own) creates the daily partitions the
+   batch needs (``pmta.ensure_partitions``), so that loaders never hold partition locks;
+2. inserts the rows into ``pmta.events``, one of two ways, each inside a savepoint:
 
-   * fast way (new records, the usual case): ``COPY`` into ``batch_inserted``, then a
-     plain ``INSERT INTO pmta.events SELECT * FROM batch_inserted`` inside a
-     savepoint. When it hits a ``unique_violation`` (a record already loaded, or twice
-     in the batch) the savepoint is rolled back and the batch takes the safe way;
-   * safe way: ``COPY`` into ``batch_stage``; one ``INSERT … ON CONFLICT DO NOTHING``
-     into ``pmta.events``, keeping the rows actually inserted in ``batch_inserted``.
+   * fast way (new records, the usual case): ``COPY`` straight into ``pmta.events``.
+     A ``unique_violation`` (a record already loaded, or twice in the batch) rolls
+     back to the savepoint and the batch takes the safe way;
+   * safe way: ``COPY`` into the temporary ``batch_stage``, then one
+     ``INSERT … ON CONFLICT DO NOTHING RETURNING record_id`` in key order.
 
-   Both insert in key order, so that concurrent loaders take locks in the same order.
-   After a batch that had duplicates the loader keeps to the safe way (a replay
-   would otherwise do every insert twice) until a batch comes with none.
+   After a batch with duplicates the loader keeps to the safe way (a replay would
+   otherwise do every insert twice) until a batch comes with none;
+3. adds the rows it really inserted to the report rollups (``rollups``: their groups
+   are counted in Python, COPYed into ``batch_rollups`` and upserted), in the same
+   savepoint as the insert;
+4. stores the batch's rejects in ``pmta.rejects``;
+5. runs the caller's ``bookkeeping`` (the ``pmta.ingest_batches`` row, the import
+   ledger), so that it commits with the events or not at all; then COMMIT.
+
+What goes wrong is sorted by ``faults.classify``:
+
+* a record's fault (a value PostgreSQL refuses): the insert is split in halves, each
+  in a savepoint of the same transaction, until the refused record is alone; it
+  goes to ``pmta.rejects`` (stage ``database``, with the SQLSTATE and the server's
+  message) and every other record loads. The batch still commits once, whole;
+* transient: retried with backoff (tenacity, exponential with jitter, capped) on a
+  new connection, for ``retry_for`` seconds (``None``: until ``interrupt`` is set);
+* the setup's fault: never a reject. With ``hold_setup_faults`` (``ingest``) it is
+  retried like a transient error, an ERROR with the SQLSTATE and a hint is logged
+  when it starts and every ``SETUP_LOG_SECONDS``, ``on_fault`` is told (the spool
+  shows it to ``status``), and a schema that disappeared is migrated again on the
+  next connection. Without it (``import``, ``replay``), ``SetupFault`` is raised.
 
 The COPY data is PostgreSQL's text format (tab-separated, empty = NULL) when no
 value holds a tab, line break, carriage return or backslash, which is checked for
 the whole batch at once by counting; otherwise CSV. Text is about ten times
 cheaper to produce in Python (one ``str.join`` per row); see ``docs/performance.md``.
-
-``PipelinedLoader`` runs a ``Loader`` in a thread of its own behind a bounded queue,
-so that the caller parses the next batch while this one is loaded (psycopg
-releases the GIL while it waits for the server).
-
-Transient errors (connection lost, server shut down, serialization failure,
-deadlock: decided from psycopg's exception classes) are retried with tenacity,
-exponential backoff with jitter, on a new connection. A permanent error (a value
-PostgreSQL refuses that the parser accepted) is not retried blindly: the batch is
-split in halves until the failing record is alone, and that record goes to
-``pmta.rejects`` with the database's message; every other record is loaded.
 """
 
 from __future__ import annotations
@@ -45,87 +48,96 @@ import csv
 import hashlib
 import io
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date
-from typing import Any
+from datetime import date, datetime, timezone
+from typing import Any, TypeVar
 
 import psycopg
 import tenacity
 from psycopg import errors as pg_errors
 
-from pmta_pipe import db, rollups
-from pmta_pipe.errors import DatabaseUnavailable, first_line
+from pmta_pipe import db, faults, rollups
+from pmta_pipe.errors import DatabaseUnavailable, SetupFault, first_line
+from pmta_pipe.faults import Fault
 from pmta_pipe.fields import EVENT_COLUMNS
 from pmta_pipe.migrate import apply_migrations
 from pmta_pipe.parse import ParsedBatch, Reject
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+SETUP_LOG_SECONDS = 300.0  # a lasting setup fault is logged again this often
+
 _COLS = ", ".join(EVENT_COLUMNS)
 _SETUP = (
     "SET TIME ZONE 'UTC'",
     "SET temp_buffers = '32MB'",  # before the first use of a temporary table
     "CREATE TEMP TABLE IF NOT EXISTS batch_stage (LIKE pmta.events) ON COMMIT DELETE ROWS",
-    "CREATE TEMP TABLE IF NOT EXISTS batch_inserted (LIKE pmta.events) ON COMMIT DELETE ROWS",
     rollups.CREATE_TEMP_TABLE,
 )
 _COPY_CSV = "COPY {table} ({columns}) FROM STDIN (FORMAT csv)"
 _COPY_TEXT = "COPY {table} ({columns}) FROM STDIN (FORMAT text, NULL '')"
-_FAST_INSERT = (
-    "INSERT INTO pmta.events SELECT * FROM batch_inserted ORDER BY time_logged, record_id"
-)
-_FAST_UNDO = ("INSERT INTO batch_stage SELECT * FROM batch_inserted", "DELETE FROM batch_inserted")
 _TEXT_UNSAFE = ("\\", "\r")
 _RECORD_ID = EVENT_COLUMNS.index("record_id")
 _UPSERT = f"""
-    WITH ins AS (
-        INSERT INTO pmta.events ({_COLS})
-        SELECT {_COLS} FROM batch_stage ORDER BY time_logged, record_id
-        ON CONFLICT DO NOTHING
-        RETURNING *
-    )
-    INSERT INTO batch_inserted SELECT * FROM ins
+    INSERT INTO pmta.events ({_COLS})
+    SELECT {_COLS} FROM batch_stage ORDER BY time_logged, record_id
+    ON CONFLICT DO NOTHING
     RETURNING record_id
 """
 _REJECT = """
-    INSERT INTO pmta.rejects (reject_id, source, reason, raw_line, position, header_line)
-    VALUES (%s, %s, %s, %s, %s, %s)
-    ON CONFLICT (reject_id) DO NOTHING
+    INSERT INTO pmta.rejects
+        (reject_id, source, reason, raw_line, position, header_line, received_at, stage, sqlstate)
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+    ON CONFLICT (reject_id) DO UPDATE SET
+        reason = excluded.reason, stage = excluded.stage, sqlstate = excluded.sqlstate
 """
 
-# psycopg exception classes that mean "try again, maybe on a new connection"
-TRANSIENT: tuple[type[BaseException], ...] = (
-    psycopg.OperationalError,  # connection lost or refused, admin shutdown, cannot connect now
-    pg_errors.SerializationFailure,
-    pg_errors.DeadlockDetected,
-    pg_errors.LockNotAvailable,
-    pg_errors.QueryCanceled,
-)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True when retrying the same batch may succeed."""
-    return isinstance(exc, TRANSIENT)
+#: the in-transaction hook: (connection, result, rows inserted) -> None
+Bookkeeping = Callable[[psycopg.Connection[Any], "LoadResult", Sequence[Sequence[str]]], None]
 
 
 @dataclass
 class LoadResult:
-    """What one batch did to the database."""
+    """What loading did: records = inserted + duplicates + rejected."""
 
     records: int = 0
     inserted: int = 0
     duplicates: int = 0
     rejected: int = 0
+    rejected_by_database: int = 0  # of rejected: refused by PostgreSQL, not by the parser
 
     def add(self, other: LoadResult) -> None:
         self.records += other.records
         self.inserted += other.inserted
         self.duplicates += other.duplicates
         self.rejected += other.rejected
+        self.rejected_by_database += other.rejected_by_database
+
+
+@dataclass(frozen=True)
+class FaultNotice:
+    """A setup fault that holds the batches back, as ``status`` shows it."""
+
+    sqlstate: str | None
+    message: str
+    hint: str
+    since: datetime
+
+
+@dataclass(frozen=True)
+class _Refused:
+    """A record PostgreSQL refused, isolated by splitting its batch."""
+
+    reject: Reject
+    sqlstate: str | None
+
+
+class _PartitionMissing(Exception):
+    """A partition this process created was dropped since (``pmta-pipe prune``)."""
 
 
 def render_copy(rows: Sequence[Sequence[str]]) -> tuple[str, str]:
@@ -154,21 +166,48 @@ def reject_id(raw: str) -> str:
 
 
 class _Backoff:
-    """Logs once per state change (down / back), not once per attempt."""
+    """Logs once per state change (down / back), and a lasting setup fault every few minutes."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_fault: Callable[[FaultNotice | None], None] | None) -> None:
+        self.on_fault = on_fault
         self.down_since: float | None = None
+        self.fault: FaultNotice | None = None
+        self._fault_logged = 0.0
 
     def before_sleep(self, state: tenacity.RetryCallState) -> None:
-        if self.down_since is None:
+        exc = state.outcome.exception() if state.outcome else None
+        if exc is not None and faults.is_setup(exc):
+            self._setup_fault(exc)
+        elif self.down_since is None:
             self.down_since = time.monotonic()
-            exc = state.outcome.exception() if state.outcome else None
             log.warning("database unavailable (%s); retrying with backoff", first_line(exc))
+
+    def _setup_fault(self, exc: BaseException) -> None:
+        notice = FaultNotice(
+            faults.sqlstate(exc), faults.describe(exc), faults.setup_hint(exc),
+            self.fault.since if self.fault else datetime.now(timezone.utc),
+        )  # fmt: skip
+        new = self.fault is None or self.fault.message != notice.message
+        now = time.monotonic()
+        if new or now - self._fault_logged >= SETUP_LOG_SECONDS:
+            self._fault_logged = now
+            log.error(
+                "the database refuses every batch: %s (hint: %s); the records stay in the "
+                "spool and loading is retried", notice.message, notice.hint,
+            )  # fmt: skip
+        self.fault = notice
+        if new and self.on_fault is not None:
+            self.on_fault(notice)
 
     def recovered(self) -> None:
         if self.down_since is not None:
             log.warning("database back after %.1f s", time.monotonic() - self.down_since)
             self.down_since = None
+        if self.fault is not None:
+            log.warning("the setup fault is fixed (%s): loading again", self.fault.message)
+            self.fault = None
+            if self.on_fault is not None:
+                self.on_fault(None)
 
 
 class Loader:
@@ -180,20 +219,21 @@ class Loader:
         *,
         retry_for: float | None = None,
         max_wait: float = 30.0,
-        after_load: Callable[[psycopg.Connection[Any], LoadResult], None] | None = None,
         interrupt: threading.Event | None = None,
         migrate: bool = False,
+        hold_setup_faults: bool = False,
+        on_fault: Callable[[FaultNotice | None], None] | None = None,
     ) -> None:
         self.conninfo = conninfo
-        self.migrate = migrate  # bring the schema up to date before the first connection
+        self.migrate = migrate  # bring the schema up to date before the next connection
         self.retry_for = retry_for  # seconds before giving up; None = never
         self.max_wait = max_wait
-        self.after_load = after_load  # runs inside the batch transaction
-        # once set, transient errors are not retried any more and backoff sleeps end
+        # once set, errors are not retried any more and backoff sleeps end
         self.interrupt = interrupt
+        self.hold_setup_faults = hold_setup_faults
         self._conn: psycopg.Connection[Any] | None = None
         self._days: set[date] = set()
-        self._backoff = _Backoff()
+        self._backoff = _Backoff(on_fault)
         self.fast = True  # try the fast way first (see the module docstring)
 
     # -- connection -------------------------------------------------------
@@ -201,11 +241,16 @@ class Loader:
         if self._conn is None or self._conn.closed:
             if self.migrate:
                 with db.connect(self.conninfo, autocommit=True) as admin:
-                    apply_migrations(admin)
+                    if apply_migrations(admin):
+                        self._days.clear()
                 self.migrate = False
             conn = db.connect(self.conninfo, autocommit=True)
-            for stmt in _SETUP:
-                conn.execute(stmt)
+            try:
+                for stmt in _SETUP:
+                    conn.execute(stmt)
+            except BaseException:
+                conn.close()
+                raise
             conn.autocommit = False
             self._conn = conn
         return self._conn
@@ -221,6 +266,10 @@ class Loader:
                 self._conn.close()
             self._conn = None
 
+    def _retryable(self, exc: BaseException) -> bool:
+        fault = faults.classify(exc)
+        return fault is Fault.TRANSIENT or (fault is Fault.SETUP and self.hold_setup_faults)
+
     def _retrying(self, stop_after: float | None) -> tenacity.Retrying:
         stop: Any = (
             tenacity.stop_never if stop_after is None else tenacity.stop_after_delay(stop_after)
@@ -231,7 +280,7 @@ class Loader:
             stop = tenacity.stop_any(stop, tenacity.stop_when_event_set(interrupt))
             sleep = interrupt.wait
         return tenacity.Retrying(
-            retry=tenacity.retry_if_exception(is_transient),
+            retry=tenacity.retry_if_exception(self._retryable),
             wait=tenacity.wait_random_exponential(multiplier=0.2, max=self.max_wait),
             stop=stop,
             sleep=sleep,
@@ -245,81 +294,60 @@ class Loader:
         batch: ParsedBatch,
         header_line: str | None = None,
         *,
-        retry_for: float | None = -1.0,
+        received_at: datetime | None = None,
         deltas: rollups.Deltas | None = None,
+        bookkeeping: Bookkeeping | None = None,
     ) -> LoadResult:
-        """Load ``batch`` exactly once; retry transient errors (``retry_for`` seconds, None = ever).
+        """Load ``batch`` exactly once, retrying as ``faults`` decides; see the module docstring.
 
         ``deltas``, when given, are the rollups of all of ``batch.rows``, counted
-        ahead (see ``PipelinedLoader``); they are used when every row is new.
-        Raises ``DatabaseUnavailable`` when the database stays away longer than that.
+        ahead; they are used when every row is new. ``bookkeeping`` runs inside the
+        batch's transaction, after the events, rollups and rejects. Raises
+        ``DatabaseUnavailable`` when the database stays away longer than
+        ``retry_for`` (or ``interrupt`` is set), ``SetupFault`` for a fault of the
+        setup that is not held (or still there when ``interrupt`` is set).
         """
-        stop_after = self.retry_for if retry_for == -1.0 else retry_for
+        stamp = received_at or datetime.now(timezone.utc)
+        return self.run(lambda: self._load_batch(batch, header_line, stamp, deltas, bookkeeping))
+
+    def run(self, work: Callable[[], T]) -> T:
+        """Run ``work`` (which uses ``connection()``), retrying as ``faults`` decides."""
         try:
-            for attempt in self._retrying(stop_after):
+            for attempt in self._retrying(self.retry_for):
                 with attempt:
                     try:
-                        result = self._load_splitting(
-                            batch.rows, batch.raw, batch.positions, batch.rejects,
-                            batch.days, batch.source, header_line, deltas,
-                        )  # fmt: skip
+                        result = work()
                     except BaseException as exc:
-                        if is_transient(exc):
-                            self._drop_connection()
+                        self._after_failure(exc)
                         raise
-        except BaseException as exc:
-            if is_transient(exc):
-                raise DatabaseUnavailable(
-                    f"database unavailable: {first_line(exc)}",
-                    "the records stay in the spool; run 'pmta-pipe replay' when it is back",
-                ) from exc
-            raise
+        except psycopg.Error as exc:
+            raise self._wrap(exc) from exc
         self._backoff.recovered()
         return result
 
-    def _load_splitting(
-        self,
-        rows: list[Sequence[str]],
-        raws: list[str],
-        positions: list[int],
-        rejects: list[Reject],
-        days: set[date],
-        source: str,
-        header_line: str | None,
-        deltas: rollups.Deltas | None = None,
-    ) -> LoadResult:
-        try:
-            try:
-                return self._load_once(rows, rejects, days, source, header_line, deltas)
-            except pg_errors.CheckViolation:
-                # "no partition found for row": a partition this process created was
-                # dropped since (pmta-pipe prune); forget what we knew and try again
-                self._days.clear()
-                return self._load_once(rows, rejects, days, source, header_line, deltas)
-        except psycopg.Error as exc:
-            if is_transient(exc):
-                raise
-            conn = self._conn
-            if conn is not None and not conn.closed:
-                conn.rollback()
-            if len(rows) <= 1:
-                reason = f"refused by the database: {first_line(exc)}"
-                moved = [Reject(raws[0], reason, positions[0])] if rows else []
-                # the server's message may quote the value (an address): it goes to
-                # pmta.rejects.reason, the log gets the position and SQLSTATE only
-                log.warning("record %s refused by the database (SQLSTATE %s); see pmta.rejects",
-                            positions[0] if rows else "?", exc.sqlstate)  # fmt: skip
-                return self._load_once([], [*rejects, *moved], set(), source, header_line)
-            half = len(rows) // 2
-            log.info("splitting a batch of %d records to isolate a refused record", len(rows))
-            first = self._load_splitting(
-                rows[:half], raws[:half], positions[:half], rejects, days, source, header_line
+    def _after_failure(self, exc: BaseException) -> None:
+        fault = faults.classify(exc)
+        if fault is None:
+            return
+        self._drop_connection()
+        if faults.sqlstate(exc) in faults.SCHEMA_MISSING:
+            if self.hold_setup_faults:
+                log.warning("the pmta schema is missing: migrating again before the next try")
+            self.migrate = True
+            self._days.clear()
+
+    @staticmethod
+    def _wrap(exc: psycopg.Error) -> Exception:
+        if faults.is_transient(exc):
+            return DatabaseUnavailable(
+                f"database unavailable: {first_line(exc)}",
+                "the records stay in the spool; run 'pmta-pipe replay' when it is back",
             )
-            second = self._load_splitting(
-                rows[half:], raws[half:], positions[half:], [], days, source, header_line
-            )
-            first.add(second)
-            return first
+        return SetupFault(
+            f"the database refuses the batch: {faults.describe(exc)}",
+            faults.setup_hint(exc),
+            faults.sqlstate(exc),
+        )
 
     def _ensure_partitions(self, conn: psycopg.Connection[Any], days: set[date]) -> None:
         missing = sorted(days - self._days)
@@ -329,47 +357,106 @@ class Loader:
         conn.commit()
         self._days.update(missing)
 
+    def _load_batch(
+        self,
+        batch: ParsedBatch,
+        header_line: str | None,
+        received_at: datetime,
+        deltas: rollups.Deltas | None,
+        bookkeeping: Bookkeeping | None,
+    ) -> LoadResult:
+        try:
+            return self._load_once(batch, header_line, received_at, deltas, bookkeeping)
+        except _PartitionMissing:
+            self._days.clear()  # dropped since we made it: make it again, once
+            return self._load_once(batch, header_line, received_at, deltas, bookkeeping)
+
     def _load_once(
         self,
-        rows: Sequence[Sequence[str]],
-        rejects: Sequence[Reject],
-        days: set[date],
-        source: str,
+        batch: ParsedBatch,
         header_line: str | None,
-        deltas: rollups.Deltas | None = None,
+        received_at: datetime,
+        deltas: rollups.Deltas | None,
+        bookkeeping: Bookkeeping | None,
     ) -> LoadResult:
         conn = self.connection()
-        self._ensure_partitions(conn, days)
-        result = LoadResult(records=len(rows) + len(rejects))
+        self._ensure_partitions(conn, batch.days)
+        rows = batch.rows
+        result = LoadResult(records=batch.records)
+        # one transaction: the savepoints inside (isolation, the fast way) nest in it
+        with conn.transaction(), conn.cursor() as cur:
+            inserted: Sequence[Sequence[str]] = []
+            refused: list[_Refused] = []
+            if rows:
+                whole = deltas if deltas is not None else rollups.Deltas.of(rows)
+                inserted, refused = self._insert_isolating(
+                    conn, cur, rows, batch.raw, batch.positions, whole
+                )
+            parser_rejects = [(r, None) for r in batch.rejects]
+            all_rejects = [*parser_rejects, *((x.reject, x.sqlstate) for x in refused)]
+            if all_rejects:
+                cur.executemany(
+                    _REJECT,
+                    [
+                        (
+                            reject_id(r.raw), batch.source, r.reason, r.raw, r.position,
+                            header_line, received_at,
+                            "parser" if state is None else "database", state,
+                        )
+                        for r, state in all_rejects
+                    ],
+                )  # fmt: skip
+            result.inserted = len(inserted)
+            result.rejected = len(all_rejects)
+            result.rejected_by_database = len(refused)
+            result.duplicates = len(rows) - len(refused) - len(inserted)
+            if bookkeeping is not None:
+                bookkeeping(conn, result, inserted)
+        return result
+
+    def _insert_isolating(
+        self,
+        conn: psycopg.Connection[Any],
+        cur: psycopg.Cursor[Any],
+        rows: Sequence[Sequence[str]],
+        raws: Sequence[str],
+        positions: Sequence[int],
+        deltas: rollups.Deltas | None = None,
+    ) -> tuple[Sequence[Sequence[str]], list[_Refused]]:
+        """Insert ``rows`` and add the new ones to the rollups, in a savepoint; a record
+        PostgreSQL refuses (in either) is isolated by halving, each half in a savepoint.
+
+        ``deltas`` are the rollups of all of ``rows``, counted ahead (used when every
+        row is new)."""
         try:
-            with conn.cursor() as cur:
-                if rows:
-                    inserted = self._insert_rows(cur, rows)
-                    result.inserted = len(inserted)
+            with conn.transaction():  # a savepoint inside the batch's transaction
+                inserted = self._insert_rows(conn, cur, rows)
+                if inserted:
                     if deltas is None or len(inserted) < len(rows):
                         deltas = rollups.Deltas.of(inserted)  # only this batch's new rows
                     self._add_rollups(cur, deltas)
-                if rejects:
-                    cur.executemany(
-                        _REJECT,
-                        [
-                            (reject_id(r.raw), source, r.reason, r.raw, r.position, header_line)
-                            for r in rejects
-                        ],
-                    )
-                result.rejected = len(rejects)
-                result.duplicates = len(rows) - result.inserted
-                if self.after_load is not None:
-                    self.after_load(conn, result)
-            conn.commit()
-        except BaseException:
-            if not conn.closed:
-                try:
-                    conn.rollback()
-                except psycopg.Error:
-                    self._drop_connection()
-            raise
-        return result
+                return inserted, []
+        except psycopg.Error as exc:
+            if isinstance(exc, pg_errors.CheckViolation) and exc.diag.constraint_name is None:
+                raise _PartitionMissing from exc  # "no partition of relation found for row"
+            if not faults.is_record_fault(exc):
+                raise
+            if len(rows) == 1:
+                # the server's message may quote the value (an address): it goes to
+                # pmta.rejects.reason, the log gets the position and SQLSTATE only
+                log.warning("record %s refused by the database (SQLSTATE %s); it is stored "
+                            "in pmta.rejects", positions[0], exc.sqlstate)  # fmt: skip
+                reason = f"refused by the database: {first_line(exc)}"
+                return [], [_Refused(Reject(raws[0], reason, positions[0]), exc.sqlstate)]
+        half = len(rows) // 2
+        log.info("splitting a batch of %d records to isolate a refused record", len(rows))
+        a_rows, a_refused = self._insert_isolating(
+            conn, cur, rows[:half], raws[:half], positions[:half]
+        )
+        b_rows, b_refused = self._insert_isolating(
+            conn, cur, rows[half:], raws[half:], positions[half:]
+        )
+        return [*a_rows, *b_rows], [*a_refused, *b_refused]
 
     @staticmethod
     def _add_rollups(cur: psycopg.Cursor[Any], deltas: rollups.Deltas) -> None:
@@ -383,30 +470,24 @@ class Loader:
         cur.execute(rollups.APPLY)
 
     def _insert_rows(
-        self, cur: psycopg.Cursor[Any], rows: Sequence[Sequence[str]]
+        self, conn: psycopg.Connection[Any], cur: psycopg.Cursor[Any], rows: Sequence[Sequence[str]]
     ) -> Sequence[Sequence[str]]:
-        """Insert ``rows`` into pmta.events; return those inserted (also in batch_inserted)."""
+        """Insert ``rows`` into pmta.events; return those inserted."""
         fmt, data = render_copy(rows)
         if self.fast:
-            with cur.copy(_copy_statement("batch_inserted", fmt)) as copy:
-                copy.write(data)
-            cur.execute("SAVEPOINT pmta_fast")
             try:
-                cur.execute(_FAST_INSERT)
+                with conn.transaction():
+                    with cur.copy(_copy_statement("pmta.events", fmt)) as copy:
+                        copy.write(data)
+                    return rows
             except pg_errors.UniqueViolation:
-                cur.execute("ROLLBACK TO SAVEPOINT pmta_fast")
-                for stmt in _FAST_UNDO:
-                    cur.execute(stmt)
                 self.fast = False
                 log.debug("batch has records already loaded: taking the upsert way")
-            else:
-                cur.execute("RELEASE SAVEPOINT pmta_fast")
-                return rows
-        else:
-            with cur.copy(_copy_statement("batch_stage", fmt)) as copy:
-                copy.write(data)
+        with cur.copy(_copy_statement("batch_stage", fmt)) as copy:
+            copy.write(data)
         cur.execute(_UPSERT)
         new_ids = {record_id.hex for (record_id,) in cur.fetchall()}
+        cur.execute("DELETE FROM batch_stage")
         if len(new_ids) == len(rows):
             self.fast = True  # no duplicates: back to the fast way for the next batch
         inserted = []
@@ -415,86 +496,3 @@ class Loader:
                 new_ids.discard(row[_RECORD_ID])
                 inserted.append(row)
         return inserted
-
-
-_DONE = object()
-
-
-class PipelinedLoader:
-    """A ``Loader`` in a thread of its own: ``submit`` returns once the batch is queued.
-
-    The queue holds at most ``depth`` batches, so memory stays bounded and a slow
-    database slows the caller down (back-pressure). ``before_load(tag)`` runs in the
-    loading thread just before each batch (for a hook that must know which batch the
-    transaction is for), and ``on_loaded(tag, result)`` runs
-    in the loading thread right after each batch's commit, in submission order: a
-    spool can release the batch there. The first error of the loading thread (such
-    as ``DatabaseUnavailable``) stops it; ``submit`` and ``close`` raise it; batches
-    not yet committed are then not reported to ``on_loaded``.
-    """
-
-    def __init__(
-        self,
-        loader: Loader,
-        *,
-        depth: int = 2,
-        on_loaded: Callable[[object, LoadResult], None] | None = None,
-        before_load: Callable[[object], None] | None = None,
-    ) -> None:
-        self.loader = loader
-        self.on_loaded = on_loaded
-        self.before_load = before_load
-        self.total = LoadResult()
-        self.error: BaseException | None = None
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
-        self._thread = threading.Thread(target=self._run, name="pmta-pipe-loader", daemon=True)
-        self._thread.start()
-
-    def submit(self, batch: ParsedBatch, header_line: str | None, tag: object = None) -> None:
-        """Queue ``batch`` for loading; blocks while ``depth`` batches wait already.
-
-        The batch's rollups are counted here, in the caller's thread, while the
-        loading thread waits on the database for the previous batch.
-        """
-        deltas = rollups.Deltas.of(batch.rows)
-        while True:
-            self._raise_error()
-            try:
-                self._queue.put((batch, header_line, tag, deltas), timeout=0.2)
-                return
-            except queue.Full:
-                continue
-
-    def close(self) -> LoadResult:
-        """Load what was submitted, stop the thread; return the totals (or raise its error)."""
-        while self._thread.is_alive():
-            try:
-                self._queue.put(_DONE, timeout=0.2)
-                break
-            except queue.Full:
-                continue
-        self._thread.join()
-        self.loader.close()
-        self._raise_error()
-        return self.total
-
-    def _raise_error(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _DONE:
-                return
-            batch, header_line, tag, deltas = item
-            try:
-                if self.before_load is not None:
-                    self.before_load(tag)
-                result = self.loader.load(batch, header_line, deltas=deltas)
-                self.total.add(result)
-                if self.on_loaded is not None:
-                    self.on_loaded(tag, result)
-            except BaseException as exc:  # handed to the submitting thread
-                self.error = exc
-                return

@@ -16,12 +16,10 @@ SQL is built only from the fixed strings below; every value is a bound parameter
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import re
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -33,9 +31,6 @@ from pmta_pipe import db
 from pmta_pipe.config import Settings
 from pmta_pipe.errors import ConfigError, DatabaseUnavailable, PmtaPipeError, first_line
 from pmta_pipe.table import format_table
-
-#: exit code of ``report alerts --fail-on-alert`` when an alert is open
-ALERT_EXIT = 3
 
 #: report filter (argparse dest) -> (flag, column of the fact views)
 FILTERS: dict[str, tuple[str, str]] = {
@@ -207,10 +202,38 @@ def resolve_days(since: str | None, until: str | None, now: datetime) -> tuple[d
 # -- query -------------------------------------------------------------------------------
 
 
-def check_filters(kind: str, args: argparse.Namespace) -> dict[str, str]:
+@dataclass(frozen=True)
+class ReportQuery:
+    """One ``pmta-pipe report``: which kind, which window, which filters, how many rows."""
+
+    kind: str
+    since: str | None = None  # an age (24h, 7d), a date or a timestamp; default 24h
+    until: str | None = None
+    top: int = 20
+    filters: dict[str, str] = field(default_factory=dict)  # FILTERS key -> value
+
+    def check(self) -> None:
+        """Refuse what the report cannot honour, with a one-line error and a hint."""
+        if self.kind not in REPORTS:
+            raise ConfigError(f"no report {self.kind!r}", f"one of {', '.join(REPORTS)}")
+        if self.top < 1:
+            raise ConfigError("--top must be at least 1", "e.g. --top 20")
+        check_filters(self.kind, self.filters)
+
+
+@dataclass
+class ReportData:
+    """A report's columns and rows, ready to ``render``."""
+
+    kind: str
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+
+
+def check_filters(kind: str, filters: dict[str, str]) -> dict[str, str]:
     """The filters given for this report, refusing those its view cannot honour."""
     spec = REPORTS[kind]
-    given = {name: getattr(args, name) for name in FILTERS if getattr(args, name, None)}
+    given = {name: value for name, value in filters.items() if value}
     for name in given:
         if name not in spec.filters:
             flag = FILTERS[name][0]
@@ -226,7 +249,7 @@ def build_query(kind: str, filters: dict[str, str]) -> str:
     """The report's SQL; values are bound as %(name)s parameters."""
     spec = REPORTS[kind]
     where = ["day >= %(since)s", "day <= %(until)s"]
-    where += [f"{FILTERS[name][1]} = %({name})s" for name in filters]
+    where += [f"{FILTERS[name][1]} = %({name})s" for name in FILTERS if name in filters]
     source = spec.relation.format(where=" AND ".join(where))
     select = [*spec.keys, *(f"{expr} AS {name}" for name, expr in spec.measures)]
     sql = f"SELECT {', '.join(select)} FROM {source}"
@@ -313,16 +336,11 @@ def _csv_cell(value: object) -> object:
     return plain
 
 
-def run_report(settings: Settings, args: argparse.Namespace) -> int:
-    """Print one report; with ``--fail-on-alert``, exit 3 when ``alerts`` has rows."""
-    kind: str = args.kind
-    if args.fail_on_alert and kind != "alerts":
-        raise ConfigError("--fail-on-alert only applies to 'report alerts'",
-                          "run 'pmta-pipe report alerts --fail-on-alert'")  # fmt: skip
-    if args.top < 1:
-        raise ConfigError("--top must be at least 1", "e.g. --top 20")
-    filters = check_filters(kind, args)
-    days = resolve_days(args.since, args.until, datetime.now(timezone.utc))
+def fetch(settings: Settings, query: ReportQuery, now: datetime | None = None) -> ReportData:
+    """Run one report against the database ``settings`` name."""
+    query.check()
+    filters = check_filters(query.kind, query.filters)
+    days = resolve_days(query.since, query.until, now or datetime.now(timezone.utc))
     target = db.resolve_target(settings)
     try:
         with db.connect(target.conninfo, autocommit=True) as conn:
@@ -335,13 +353,10 @@ def run_report(settings: Settings, args: argparse.Namespace) -> int:
             # GROUP BY spills to disk with the default 4MB, and JIT costs more than it saves
             conn.execute("SET work_mem = '32MB'")
             conn.execute("SET jit = off")
-            columns, rows = fetch_report(conn, kind, days, filters, args.top)
+            columns, rows = fetch_report(conn, query.kind, days, filters, query.top)
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(
             f"cannot query {target.description}: {first_line(exc)}",
             "check --dsn and that PostgreSQL is running",
         ) from exc
-    sys.stdout.write(render(kind, columns, rows, args.format))
-    if args.fail_on_alert and rows:
-        return ALERT_EXIT
-    return 0
+    return ReportData(query.kind, columns, rows)

@@ -16,6 +16,8 @@ host; files are created 0600::
     <start_us:016d>-<pid>-<seq:06d>.seg   a segment: batches of one process
     .<segment name>.tmp                   a segment being created (never holds records)
     <segment name>.corrupt                a damaged segment, moved aside (kept for people)
+    fault-<pid>.json                      a setup fault holding that process's batches back
+                                          (locked while it lives; ``status`` shows it)
 
 ``start_us`` is the writer's start time (microseconds since the epoch), so sorting
 names sorts segments by process start, then by sequence: the order they were written.
@@ -53,6 +55,16 @@ Invariants
    always has its meta and is locked from birth, so no other process can claim it
    half-made. A write that fails (disk full) is truncated away before it is retried.
 
+The two ends
+------------
+* the writer (``SpoolWriter``, one per ``ingest`` process): ``append`` journals a
+  batch, ``committed`` acknowledges it, ``close`` releases what is left;
+* the consumer (``claim_orphans``): claims segments no live process holds, for
+  ``ingest`` (at start and every few minutes) and ``replay``; each
+  ``ClaimedSegment`` is ``finish``-ed (deleted, or moved aside when damaged) once
+  its batches are committed, or ``release``-d;
+* ``backlog`` counts what the folder holds for ``status``.
+
 Recovery rules (``read_segment``)
 ---------------------------------
 * A frame whose header or payload runs past the end of the file, a bad last frame
@@ -84,7 +96,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -107,6 +119,7 @@ SEGMENT_BYTES = 8 << 20  # a segment is closed once this large ...
 SEGMENT_SECONDS = 60.0  # ... or this old (while the loader is behind)
 SEGMENT = re.compile(r"(\d{16})-(\d+)-(\d{6})\.seg")
 TMP = re.compile(r"\.(\d{16}-\d+-\d{6}\.seg)\.tmp")
+FAULT = re.compile(r"fault-(\d+)\.json")
 CORRUPT_SUFFIX = ".corrupt"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _US = timedelta(microseconds=1)
@@ -209,12 +222,22 @@ class SegmentReading:
         return sum(len(b.records) for b in self.batches)
 
 
-def _frame_at(data: bytes, pos: int) -> tuple[str, int, bytes, int]:
-    """('ok', kind, payload, end) | ('torn', ...) | ('bad', ...)."""
+def _header_at(data: bytes, pos: int) -> tuple[str, int, int, int]:
+    """Read a frame header: ('ok', kind, length, crc) | ('torn', ...) | ('bad', ...)."""
     if pos + _FRAME.size > len(data):
-        return "torn", 0, b"", len(data)
+        return "torn", 0, 0, 0
     mark, kind, length, crc = _FRAME.unpack_from(data, pos)
     if mark != _MARK or kind not in (KIND_META, KIND_BATCH) or length > MAX_FRAME:
+        return "bad", 0, 0, 0
+    return "ok", kind, length, crc
+
+
+def _frame_at(data: bytes, pos: int) -> tuple[str, int, bytes, int]:
+    """('ok', kind, payload, end) | ('torn', ...) | ('bad', ...)."""
+    status, kind, length, crc = _header_at(data, pos)
+    if status == "torn":
+        return "torn", 0, b"", len(data)
+    if status == "bad":
         return "bad", 0, b"", pos
     end = pos + _FRAME.size + length
     if end > len(data):
@@ -323,7 +346,7 @@ class SegmentFile:
     path: Path
     size: int
     mtime: float
-    kind: str  # "segment", "tmp", "corrupt" or "stray"
+    kind: str  # "segment", "tmp", "corrupt", "fault" or "stray"
 
     @property
     def name(self) -> str:
@@ -355,10 +378,12 @@ def list_files(folder: Path) -> list[SegmentFile]:
             kind = "tmp"
         elif entry.name.endswith(CORRUPT_SUFFIX):
             kind = "corrupt"
+        elif FAULT.fullmatch(entry.name):
+            kind = "fault"
         else:
             kind = "stray"
         out.append(SegmentFile(Path(entry.path), st.st_size, st.st_mtime, kind))
-    order = {"segment": 0, "tmp": 1, "corrupt": 2, "stray": 3}
+    order = {"segment": 0, "tmp": 1, "corrupt": 2, "fault": 3, "stray": 4}
     out.sort(key=lambda f: (order[f.kind], f.name))
     return out
 
@@ -390,7 +415,8 @@ def is_locked(path: Path) -> bool:
 
 
 def count_records(path: Path) -> tuple[int, int, datetime | None]:
-    """(batches, records, first batch's received_at) of a segment, from frame headers only."""
+    """(batches, records, first batch's received_at) of a segment, from frame headers only
+    (``status`` counts a backlog of gigabytes without decoding it)."""
     batches = records = 0
     first: datetime | None = None
     try:
@@ -399,10 +425,8 @@ def count_records(path: Path) -> tuple[int, int, datetime | None]:
                 return 0, 0, None
             while True:
                 head = fh.read(_FRAME.size)
-                if len(head) < _FRAME.size:
-                    break
-                mark, kind, length, _crc = _FRAME.unpack(head)
-                if mark != _MARK or length > MAX_FRAME:
+                status, kind, length, _crc = _header_at(head, 0)
+                if status != "ok":
                     break
                 if kind == KIND_BATCH:
                     body = fh.read(_BATCH.size)
@@ -427,6 +451,118 @@ def move_aside(path: Path, why: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.rename(path, target)
         log.warning("spool segment %s is damaged (%s): moved aside to %s", path.name, why, target)
+
+
+# -- the consumer: orphaned segments ----------------------------------------------------
+
+TMP_GRACE_SECONDS = 60.0  # a .tmp younger than this may be a segment being created
+
+
+@dataclass
+class ClaimedSegment:
+    """A segment no live process held, now locked by this one and read whole.
+
+    Its owner loads ``reading.batches`` and then calls ``finish`` (every batch is
+    committed: delete it, or move it aside when it was damaged) or ``release``
+    (leave it, unlocked, for a later run).
+    """
+
+    path: Path
+    fd: int
+    reading: SegmentReading
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def finish(self) -> None:
+        r = self.reading
+        if r.torn_bytes:
+            log.info("spool segment %s: ignored an incomplete last write (%d bytes, never "
+                     "durable)", r.name, r.torn_bytes)  # fmt: skip
+        if r.damaged:
+            why = "no valid meta frame" if r.meta is None else f"{r.corrupt_bytes} bytes unreadable"
+            move_aside(self.path, f"{why}; {r.records} records in intact batches were loaded")
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+        self.release()
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def claim_orphans(folder: Path) -> Iterator[ClaimedSegment]:
+    """Claim and read, oldest first, every segment of ``folder`` that no live process holds.
+
+    On the way, removes ``.tmp`` files of interrupted segment creations (they never
+    held records) and fault notes of processes that are gone.
+    """
+    for f in list_files(folder):
+        if f.kind in ("tmp", "fault"):
+            if f.kind == "tmp" and time.time() - f.mtime <= TMP_GRACE_SECONDS:
+                continue
+            fd = claim(f.path)
+            if fd is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    f.path.unlink()
+                os.close(fd)
+            continue
+        if f.kind != "segment":
+            continue
+        fd = claim(f.path)
+        if fd is None:
+            continue  # a live process owns it
+        try:
+            reading = read_segment(f.path, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        yield ClaimedSegment(f.path, fd, reading)
+
+
+@dataclass
+class Backlog:
+    """What the spool folder holds, as ``status`` shows it (frame headers only)."""
+
+    segments: int = 0
+    orphaned_segments: int = 0
+    batches: int = 0
+    records: int = 0
+    bytes: int = 0
+    oldest: datetime | None = None
+    corrupt_files: list[str] = field(default_factory=list)
+    stray_files: list[str] = field(default_factory=list)
+    faults: list[dict[str, Any]] = field(default_factory=list)  # setup faults of live processes
+
+
+def backlog(folder: Path) -> Backlog:
+    """Count what ``folder`` holds, without claiming anything for longer than a check."""
+    out = Backlog()
+    for f in list_files(folder):
+        if f.kind == "segment":
+            b, r, first = count_records(f.path)
+            out.segments += 1
+            out.batches += b
+            out.records += r
+            out.bytes += f.size
+            if first is not None and (out.oldest is None or first < out.oldest):
+                out.oldest = first
+            if not is_locked(f.path):
+                out.orphaned_segments += 1
+        elif f.kind == "corrupt":
+            out.corrupt_files.append(f.name)
+        elif f.kind == "stray":
+            out.stray_files.append(f.name)
+        elif f.kind == "fault" and is_locked(f.path):
+            try:
+                note = json.loads(f.path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                note = {"message": "a setup fault (its note could not be read)"}
+            out.faults.append(note if isinstance(note, dict) else {"message": str(note)})
+    return out
 
 
 # -- header detection (the reader thread's share of parsing) -----------------------------
@@ -464,6 +600,7 @@ class _Owned:
     batches: int = 0
     committed: int = 0
     closed: bool = False
+    waiting: dict[int, int] = field(default_factory=dict)  # offset -> records, not committed
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -507,6 +644,8 @@ class SpoolWriter:
         self._scanned_at = -1e9
         self.appended_batches = 0
         self.appended_bytes = 0
+        self._fault_fd: int | None = None
+        self.left_records = 0  # after close: records journaled and not committed
 
     # -- appending (reader thread) --------------------------------------------
     def append(self, records: list[bytes], received_at: datetime) -> SpooledBatch:
@@ -533,6 +672,7 @@ class SpoolWriter:
                 raise
             seg.size += len(frame)
             seg.batches += 1
+            seg.waiting[offset] = positioned  # header lines are not records
             self.next_position += positioned
             if header is not None:
                 self.header_line = header
@@ -617,7 +757,7 @@ class SpoolWriter:
         """The batch at ``ref`` is committed; delete its segment once all of it is."""
         with self._lock:
             seg = self._owned.get(ref.segment)
-            if seg is None:
+            if seg is None or seg.waiting.pop(ref.offset, None) is None:
                 return
             seg.committed += 1
             if seg.committed >= seg.batches:
@@ -632,15 +772,42 @@ class SpoolWriter:
             return len(self._owned), sum(s.batches - s.committed for s in self._owned.values())
 
     def close(self) -> int:
-        """Delete what is committed, release the rest for recovery; return batches left."""
+        """Delete what is committed, release the rest for recovery; return the batches
+        left in the spool (``left_records`` says how many records they hold)."""
+        self.report_fault(None)
         with self._lock:
             self._close_active()
-            left = 0
+            batches = records = 0
             for seg in list(self._owned.values()):
                 if seg.committed >= seg.batches:
                     self._delete(seg)
                 else:
-                    left += seg.batches - seg.committed
+                    batches += seg.batches - seg.committed
+                    records += sum(seg.waiting.values())
                     os.close(seg.fd)
             self._owned.clear()
-            return left
+            self.left_records = records
+            return batches
+
+    # -- what status shows ------------------------------------------------------
+    def report_fault(self, note: dict[str, Any] | None) -> None:
+        """Show (``note``) or clear (``None``) a setup fault that holds this process's
+        batches back: a file ``fault-<pid>.json``, locked while this process lives."""
+        path = self.folder / f"fault-{self.pid}.json"
+        if note is None:
+            if self._fault_fd is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                os.close(self._fault_fd)
+                self._fault_fd = None
+            return
+        data = json.dumps({**note, "pid": self.pid, "source": self.source}).encode()
+        try:
+            if self._fault_fd is None:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._fault_fd = fd
+            os.ftruncate(self._fault_fd, 0)
+            os.pwrite(self._fault_fd, data, 0)
+        except OSError as exc:  # status then sees the backlog, not the reason
+            log.warning("cannot write %s: %s", path, exc)

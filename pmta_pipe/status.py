@@ -2,21 +2,24 @@
 
 ``collect_status`` gathers facts without changing anything (it never starts the
 embedded PostgreSQL, never applies migrations, never claims a spool segment for
-long); ``run_status`` prints them as text or JSON and returns the exit code for
-monitoring: 0 healthy, 1 unhealthy (the reasons are listed under ``problems``).
+long) and returns them with the problems found among them; ``format_text`` renders
+them for a terminal; ``cli`` prints them and exits 0 healthy, 1 unhealthy.
 
 Unhealthy means any of: the database cannot be reached; its schema is not the
-version this pmta-pipe expects; the spool holds a segment no live process is loading
-(run ``pmta-pipe replay``); the oldest record in the spool is older than
-``STALE_SECONDS`` (the loader is not keeping up, or the database is away); the
-spool is above ``FULL_FRACTION`` of ``--spool-max-bytes``; a damaged segment was
-moved aside (``*.corrupt``: look at it, then delete it). Targets are named with
-``db.describe``: never with a password.
+version this pmta-pipe expects; a setup fault holds a running ingest's batches in
+the spool (a missing GRANT, a dropped schema, a read-only database: its ERROR's
+text is shown); the spool holds a segment no live process is loading (run
+``pmta-pipe replay``); the oldest record in the spool is older than
+``STALE_SECONDS`` (the loader is not keeping up, or the database is away); the spool
+is above ``FULL_FRACTION`` of ``--spool-max-bytes``; a damaged segment was moved
+aside (``*.corrupt``: look at it, then delete it); in the last hour, a source's
+rejected share of records is above ``--max-reject-share``, or PostgreSQL refused
+any record (a value the parser let through: a bug to report, or a limit). Targets
+are named with ``db.describe``: never with a password.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -25,10 +28,20 @@ from pmta_pipe import db
 from pmta_pipe.config import Settings
 from pmta_pipe.errors import first_line
 from pmta_pipe.migrate import code_version, schema_version
-from pmta_pipe.spool import count_records, is_locked, list_files
+from pmta_pipe.spool import backlog
 
 STALE_SECONDS = 300.0
 FULL_FRACTION = 0.8
+
+_SOURCES = """
+    SELECT h.source, h.last_committed_at, extract(epoch FROM h.since_last_commit),
+           h.records_last_hour, h.rejected_last_hour,
+           coalesce((SELECT sum(b.rejected_by_database) FROM pmta.ingest_batches b
+                     WHERE b.source = h.source
+                       AND b.committed_at > now() - interval '1 hour'), 0)
+    FROM pmta.ingest_health h
+    ORDER BY h.source
+"""
 
 
 def _database(settings: Settings) -> dict[str, Any]:
@@ -50,13 +63,8 @@ def _database(settings: Settings) -> dict[str, Any]:
         with db.connect(conninfo, autocommit=True, timeout=5) as conn:
             out["reachable"] = True
             out["schema_version"] = schema_version(conn)
-            found = conn.execute("SELECT to_regclass('pmta.ingest_health') IS NOT NULL").fetchone()
-            if found and found[0]:
-                rows = conn.execute(
-                    "SELECT source, last_committed_at, extract(epoch FROM since_last_commit),"
-                    " records_last_hour, rejected_last_hour FROM pmta.ingest_health"
-                    " ORDER BY source"
-                ).fetchall()
+            if out["schema_version"] == out["code_version"]:
+                rows = conn.execute(_SOURCES).fetchall()
                 out["sources"] = [
                     {
                         "source": r[0],
@@ -64,6 +72,10 @@ def _database(settings: Settings) -> dict[str, Any]:
                         "seconds_since_last_commit": round(float(r[2]), 1),
                         "records_last_hour": int(r[3]),
                         "rejected_last_hour": int(r[4]),
+                        "rejected_by_database_last_hour": int(r[5]),
+                        "reject_share_last_hour": (
+                            round(int(r[4]) / int(r[3]), 6) if int(r[3]) else 0.0
+                        ),
                     }
                     for r in rows
                 ]
@@ -74,39 +86,36 @@ def _database(settings: Settings) -> dict[str, Any]:
 
 def _spool(settings: Settings) -> dict[str, Any]:
     folder = settings.spool_path
-    files = list_files(folder)
+    b = backlog(folder)
     now = datetime.now(timezone.utc)
-    segments = [f for f in files if f.kind == "segment"]
-    batches = records = orphaned = 0
-    oldest: datetime | None = None
-    for f in segments:
-        b, r, first = count_records(f.path)
-        batches += b
-        records += r
-        if first is not None and (oldest is None or first < oldest):
-            oldest = first
-        if not is_locked(f.path):
-            orphaned += 1
     return {
         "folder": str(folder),
         "exists": folder.is_dir(),
-        "segments": len(segments),
-        "orphaned_segments": orphaned,
-        "batches": batches,
-        "records": records,
-        "bytes": sum(f.size for f in segments),
+        "segments": b.segments,
+        "orphaned_segments": b.orphaned_segments,
+        "batches": b.batches,
+        "records": b.records,
+        "bytes": b.bytes,
         "max_bytes": settings.spool_max_bytes,
-        "oldest_age_seconds": round((now - oldest).total_seconds(), 1) if oldest else None,
-        "corrupt_files": [f.name for f in files if f.kind == "corrupt"],
-        "stray_files": [f.name for f in files if f.kind == "stray"],
+        "oldest_age_seconds": round((now - b.oldest).total_seconds(), 1) if b.oldest else None,
+        "corrupt_files": b.corrupt_files,
+        "stray_files": b.stray_files,
+        "setup_faults": b.faults,
     }
 
 
 def collect_status(settings: Settings) -> dict[str, Any]:
-    """Every fact ``status`` reports, and the problems among them."""
+    """Every fact ``status`` reports, the problems among them, and ``healthy``."""
+    started = time.monotonic()
     database = _database(settings)
     spool = _spool(settings)
     problems: list[str] = []
+    for fault in spool["setup_faults"]:
+        problems.append(
+            f"a setup fault holds the batches of ingest (pid {fault.get('pid')}, source"
+            f" {fault.get('source')}) in the spool since {fault.get('since')}:"
+            f" {fault.get('message')} (hint: {fault.get('hint')})"
+        )
     if not database["reachable"]:
         problems.append(f"database unreachable: {database['error']}")
     elif database["schema_version"] != database["code_version"]:
@@ -126,12 +135,27 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         problems.append(f"spool {spool['bytes']} bytes, limit {spool['max_bytes']}")
     if spool["corrupt_files"]:
         problems.append(f"{len(spool['corrupt_files'])} damaged spool files moved aside")
+    limit = settings.max_reject_share
+    for src in database["sources"]:
+        share = src["reject_share_last_hour"]
+        if share > limit:
+            problems.append(
+                f"{src['source']}: {share:.2%} of the last hour's {src['records_last_hour']}"
+                f" records were rejected (limit {limit:.2%}; see 'pmta-pipe rejects')"
+            )
+        if src["rejected_by_database_last_hour"]:
+            problems.append(
+                f"{src['source']}: PostgreSQL refused {src['rejected_by_database_last_hour']}"
+                " records in the last hour (stage database in pmta.rejects: see"
+                " 'pmta-pipe rejects')"
+            )
     return {
         "healthy": not problems,
         "problems": problems,
         "database": database,
         "spool": spool,
         "checked_at": datetime.now(timezone.utc).isoformat(),
+        "seconds": round(time.monotonic() - started, 3),
     }
 
 
@@ -162,13 +186,16 @@ def format_text(st: dict[str, Any]) -> str:
         lines.append(f"  damaged, moved aside: {name}")
     for name in s["stray_files"]:
         lines.append(f"  not a spool file (ignored): {name}")
+    for fault in s["setup_faults"]:
+        lines.append(f"  held by a setup fault: {fault.get('message')}")
     if d["sources"]:
         lines.append("last commits:")
         for src in d["sources"]:
             lines.append(
                 f"  {src['source']}: {src['last_committed_at']}"
                 f" ({src['seconds_since_last_commit']:.0f} s ago),"
-                f" {src['records_last_hour']} records in the last hour"
+                f" {src['records_last_hour']} records in the last hour,"
+                f" {src['reject_share_last_hour']:.2%} rejected"
             )
     if st["healthy"]:
         lines.append("status: healthy")
@@ -176,15 +203,3 @@ def format_text(st: dict[str, Any]) -> str:
         lines.append("status: UNHEALTHY")
         lines.extend(f"  - {p}" for p in st["problems"])
     return "\n".join(lines)
-
-
-def run_status(settings: Settings, *, fmt: str = "text") -> int:
-    """Print the status; 0 when healthy, 1 when not."""
-    started = time.monotonic()
-    st = collect_status(settings)
-    st["seconds"] = round(time.monotonic() - started, 3)
-    if fmt == "json":
-        print(json.dumps(st, indent=2))
-    else:
-        print(format_text(st))
-    return 0 if st["healthy"] else 1

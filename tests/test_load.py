@@ -1,7 +1,8 @@
-"""The loader's two ways in (plain insert, upsert), its COPY formats and PipelinedLoader."""
+"""The loader's two ways in (plain COPY, upsert), its COPY formats, and the Pipeline around it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -10,8 +11,9 @@ import pytest
 
 from pmta_pipe.errors import DatabaseUnavailable
 from pmta_pipe.framing import ChunkSplitter
-from pmta_pipe.load import Loader, LoadResult, PipelinedLoader, render_copy
+from pmta_pipe.load import Loader, LoadResult, render_copy
 from pmta_pipe.parse import ParsedBatch, RecordParser
+from pmta_pipe.pipeline import Batch, Pipeline, Receipt
 from tests.conftest import count
 from tests.helpers import stream
 
@@ -39,13 +41,20 @@ def sub(batch: ParsedBatch, rows: slice) -> ParsedBatch:
 
 
 class Recorder:
-    """after_load hook: what batch_inserted held in each batch's transaction."""
+    """Bookkeeping hook: the rows inserted in each batch's transaction, as the database has them."""
 
     def __init__(self) -> None:
         self.inserted: list[set[str]] = []
 
-    def __call__(self, conn: psycopg.Connection[Any], result: LoadResult) -> None:
-        rows = conn.execute("SELECT record_id::text FROM pg_temp.batch_inserted").fetchall()
+    def __call__(
+        self, conn: psycopg.Connection[Any], result: LoadResult, inserted: Sequence[Sequence[str]]
+    ) -> None:
+        from uuid import UUID
+
+        keys = [str(UUID(r[1])) for r in inserted]
+        rows = conn.execute(
+            "SELECT record_id::text FROM pmta.events WHERE record_id = ANY(%s::uuid[])", (keys,)
+        ).fetchall()
         assert len(rows) == result.inserted
         self.inserted.append({r[0] for r in rows})
 
@@ -82,8 +91,8 @@ def test_duplicates_inside_one_batch(dsn: str, conn: Conn) -> None:
         days=batch.days,
     )
     seen = Recorder()
-    loader = Loader(dsn, after_load=seen)
-    result = loader.load(twice)
+    loader = Loader(dsn)
+    result = loader.load(twice, bookkeeping=seen)
     assert (result.records, result.inserted, result.duplicates) == (600, 500, 100)
     assert seen.inserted == [ids(batch)]
     assert count(conn, "SELECT count(*) FROM pmta.events") == 500
@@ -95,16 +104,16 @@ def test_batch_colliding_with_loaded_rows_then_back_to_fast(dsn: str, conn: Conn
     batch = parsed(stream(3000, days=1))
     first, middle, last = sub(batch, slice(0, 1000)), sub(batch, slice(0, 2000)), batch
     seen = Recorder()
-    loader = Loader(dsn, after_load=seen)
-    assert loader.load(first).inserted == 1000
-    result = loader.load(middle)  # 1000 loaded already, 1000 new
+    loader = Loader(dsn)
+    assert loader.load(first, bookkeeping=seen).inserted == 1000
+    result = loader.load(middle, bookkeeping=seen)  # 1000 loaded already, 1000 new
     assert (result.inserted, result.duplicates) == (1000, 1000)
     assert seen.inserted[1] == ids(sub(batch, slice(1000, 2000)))
     assert not loader.fast
     newer = sub(batch, slice(2000, 3000))
-    assert loader.load(newer).inserted == 1000  # upsert way, no duplicates
+    assert loader.load(newer, bookkeeping=seen).inserted == 1000  # upsert way, no duplicates
     assert loader.fast
-    assert loader.load(last).inserted == 0  # fast way fails, upsert inserts nothing
+    assert loader.load(last, bookkeeping=seen).inserted == 0  # fast way fails, upsert: none
     assert seen.inserted[3] == set()
     assert count(conn, "SELECT count(*) FROM pmta.events") == 3000
     loader.close()
@@ -131,21 +140,43 @@ def test_values_text_format_cannot_carry_go_as_csv(dsn: str, conn: Conn) -> None
     ]
 
 
-def test_pipelined_loader_loads_every_batch_in_order(dsn: str, conn: Conn) -> None:
-    batch = parsed(stream(2500, days=2))
+class Tagged(Receipt):
+    """A receipt that notes its tag and result when its batch is committed."""
+
+    def __init__(self, tag: int, done: list[tuple[object, int]]) -> None:
+        self.tag, self.done = tag, done
+
+    def committed(self, result: LoadResult) -> None:
+        self.done.append((self.tag, result.inserted))
+
+
+def records_of(data: bytes) -> list[bytes]:
+    out: list[bytes] = []
+    s = ChunkSplitter()
+    s.feed(data, out)
+    s.finish(out)
+    return out
+
+
+def test_pipeline_loads_every_batch_in_order(dsn: str, conn: Conn) -> None:
+    records = records_of(stream(2500, days=2))
+    header, body = records[0], records[1:]
     done: list[tuple[object, int]] = []
-    loader = PipelinedLoader(Loader(dsn), on_loaded=lambda tag, r: done.append((tag, r.inserted)))
+    pipeline = Pipeline(Loader(dsn), "h")
+    parser = RecordParser("h")
+    parser.parse([header], NOW)
     for i in range(5):
-        loader.submit(sub(batch, slice(i * 500, (i + 1) * 500)), None, tag=i)
-    total = loader.close()
+        part = body[i * 500 : (i + 1) * 500]
+        pipeline.submit(Batch(part, NOW, Tagged(i, done)), parser)
+    total = pipeline.close().result
     assert done == [(i, 500) for i in range(5)]
     assert (total.records, total.inserted) == (2500, 2500)
     assert count(conn, "SELECT count(*) FROM pmta.events") == 2500
+    assert count(conn, "SELECT sum(records) FROM pmta.ingest_batches") == 2500
 
 
-def test_pipelined_loader_hands_on_the_loading_error() -> None:
-    batch = parsed(stream(10))
-    loader = PipelinedLoader(Loader("postgresql://nobody@127.0.0.1:1/none", retry_for=0))
-    loader.submit(batch, None)
+def test_pipeline_hands_on_the_loading_error() -> None:
+    pipeline = Pipeline(Loader("postgresql://nobody@127.0.0.1:1/none", retry_for=0), "h")
+    pipeline.submit(Batch(records_of(stream(10)), NOW, Receipt()), RecordParser("h"))
     with pytest.raises(DatabaseUnavailable):
-        loader.close()
+        pipeline.close()

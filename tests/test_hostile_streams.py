@@ -33,11 +33,11 @@ def lines(*records: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class Case:
+    """A stream whose record n (from 1) is to u{n}@example.com, and what it loads as."""
+
     data: bytes
     events: int
     rejected: list[int]  # positions of the rejects (unterminated quoted fields)
-
-    # record n (from 1) is to u{n}@example.com: the rejects are the records at their positions
 
 
 def _open_quote() -> Case:

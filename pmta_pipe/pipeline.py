@@ -121,6 +121,26 @@ def _time_range(rows: Sequence[Sequence[str]]) -> tuple[datetime | None, datetim
     return min(times), max(times)
 
 
+def record_batch(
+    conn: psycopg.Connection[Any],
+    receipt: Receipt,
+    source: str,
+    result: LoadResult,
+    rows: Sequence[Sequence[str]],
+    received_at: datetime,
+) -> None:
+    """Write the batch's ``pmta.ingest_batches`` row (call inside its transaction)."""
+    first, last = _time_range(rows)
+    conn.execute(
+        _BATCH_ROW,
+        (
+            receipt.route, source, result.records, result.inserted, result.duplicates,
+            result.rejected, result.rejected_by_database, first, last, received_at,
+            receipt.spool_segment, receipt.spool_offset, result.records, receipt.import_path,
+        ),
+    )  # fmt: skip
+
+
 class Pipeline:
     """Parses batches in the caller's thread and loads them in a thread of its own."""
 
@@ -221,16 +241,8 @@ class Pipeline:
         def bookkeeping(
             conn: psycopg.Connection[Any], result: LoadResult, inserted: Sequence[Sequence[str]]
         ) -> None:
-            first, last = _time_range(parsed.rows)
-            conn.execute(
-                _BATCH_ROW,
-                (
-                    receipt.route, parsed.source or self.source, result.records, result.inserted,
-                    result.duplicates, result.rejected, result.rejected_by_database, first, last,
-                    batch.received_at, receipt.spool_segment, receipt.spool_offset,
-                    parsed.records, receipt.import_path,
-                ),
-            )  # fmt: skip
+            source = parsed.source or self.source
+            record_batch(conn, receipt, source, result, parsed.rows, batch.received_at)
             receipt.in_transaction(conn, result)
 
         result = self.loader.load(

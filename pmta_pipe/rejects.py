@@ -31,12 +31,11 @@ those still failing). Runs are serialized by an advisory lock. Nothing here prin
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any, cast
+from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -52,6 +51,7 @@ from pmta_pipe.fields import EVENT_COLUMNS
 from pmta_pipe.framing import ChunkSplitter
 from pmta_pipe.load import Loader, LoadResult, reject_id
 from pmta_pipe.parse import ParsedBatch, RecordParser, Reject
+from pmta_pipe.pipeline import Receipt, record_batch
 from pmta_pipe.report import parse_when
 from pmta_pipe.table import format_table
 
@@ -84,12 +84,6 @@ _FAILED = """
 """
 # retried_at IS DISTINCT FROM run_at: a batch whose transaction is tried again (the
 # loader retries transient errors) counts one retry per row and run, not two.
-_BATCH_ROW = """
-    INSERT INTO pmta.ingest_batches (
-        route, source, records, inserted, duplicates, rejected, rejected_by_database,
-        first_time_logged, last_time_logged, received_at, batch_records)
-    VALUES ('retry', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-"""
 
 
 @dataclass(frozen=True)
@@ -108,17 +102,17 @@ class RejectFilter:
         return cls(parse_when(since, now, "--since") if since else None, reason or None,
                    source or None)  # fmt: skip
 
-    def where(self) -> tuple[str, dict[str, Any]]:
-        """A WHERE clause over pmta.rejects and its parameters."""
-        clauses = ["true"]
-        if self.since is not None:
-            clauses.append("received_at >= %(since)s")
-        if self.reason is not None:
-            clauses.append("strpos(lower(reason), lower(%(reason)s)) > 0")
-        if self.source is not None:
-            clauses.append("source = %(source)s")
-        params = {"since": self.since, "reason": self.reason, "source": self.source}
-        return " AND ".join(clauses), params
+    def params(self) -> dict[str, Any]:
+        """The parameters of ``WHERE`` (a filter not given matches every row)."""
+        return {"since": self.since, "reason": self.reason, "source": self.source}
+
+
+#: the filters of ``RejectFilter`` over pmta.rejects; one fixed text, values bound
+WHERE = (
+    "(%(since)s::timestamptz IS NULL OR received_at >= %(since)s)"
+    " AND (%(reason)s::text IS NULL OR strpos(lower(reason), lower(%(reason)s)) > 0)"
+    " AND (%(source)s::text IS NULL OR source = %(source)s)"
+)
 
 
 @dataclass(frozen=True)
@@ -207,19 +201,19 @@ def _row(r: Sequence[Any]) -> RejectRow:
 
 def list_rejects(target: db.Target, filt: RejectFilter, *, top: int) -> RejectList:
     """The rejects ``filt`` selects: their number, the ``top`` reasons and the ``top`` newest."""
-    where, params = filt.where()
+    params = filt.params()
     params["top"] = top
     with _database(target, retry=False) as conn:
         counted = conn.execute(
-            f"SELECT count(*), count(DISTINCT reason) FROM pmta.rejects WHERE {where}", params
+            f"SELECT count(*), count(DISTINCT reason) FROM pmta.rejects WHERE {WHERE}", params
         ).fetchone()
         by_reason = conn.execute(
-            f"SELECT reason, count(*) FROM pmta.rejects WHERE {where}"
+            f"SELECT reason, count(*) FROM pmta.rejects WHERE {WHERE}"
             " GROUP BY reason ORDER BY count(*) DESC, reason LIMIT %(top)s",
             params,
         ).fetchall()
         rows = conn.execute(
-            f"SELECT {_COLUMNS} FROM pmta.rejects WHERE {where}"
+            f"SELECT {_COLUMNS} FROM pmta.rejects WHERE {WHERE}"
             f" ORDER BY {_NEWEST_FIRST} LIMIT %(top)s",
             params,
         ).fetchall()
@@ -240,28 +234,12 @@ Hook = Callable[[psycopg.Connection[Any], LoadResult], None]
 def load_with_hook(
     loader: Loader, batch: ParsedBatch, header_line: str | None, received_at: datetime, hook: Hook
 ) -> LoadResult:
-    """Load ``batch``, running ``hook(conn, result)`` inside its transaction, before COMMIT.
+    """Load ``batch``, running ``hook(conn, result)`` inside its transaction, before COMMIT."""
 
-    The one place this module uses ``Loader`` beyond ``Loader(conninfo, retry_for=…,
-    max_wait=…)`` and ``close()``: ``load(batch, header_line, received_at=…,
-    bookkeeping=…)``, whose hook also gets the inserted rows; a ``Loader`` without
-    ``bookkeeping`` takes the hook as its ``after_load`` attribute instead.
-    """
-    load: Any = loader.load
-    if "bookkeeping" in inspect.signature(load).parameters:
+    def bookkeeping(conn: psycopg.Connection[Any], result: LoadResult, _rows: Any) -> None:
+        hook(conn, result)
 
-        def bookkeeping(conn: psycopg.Connection[Any], result: LoadResult, _rows: Any) -> None:
-            hook(conn, result)
-
-        return cast(
-            LoadResult,
-            load(batch, header_line, received_at=received_at, bookkeeping=bookkeeping),
-        )
-    loader.__dict__["after_load"] = hook
-    try:
-        return cast(LoadResult, load(batch, header_line))
-    finally:
-        loader.__dict__["after_load"] = None
+    return loader.load(batch, header_line, received_at=received_at, bookkeeping=bookkeeping)
 
 
 def split_records(raw: str) -> list[bytes]:
@@ -359,7 +337,7 @@ class _Settle:
             with conn.cursor() as cur:
                 cur.executemany(_FAILED, updates)
         if result is not None:
-            self._batch_row(conn, result, refused=len(keys) - len(found))
+            self._batch_row(conn, result)
 
     def _failed(
         self,
@@ -379,27 +357,23 @@ class _Settle:
         return {"id": rid, "reason": reason, "stage": stage, "sqlstate": state,
                 "known": why is not None, "run_at": self.run_at}  # fmt: skip
 
-    def _batch_row(self, conn: psycopg.Connection[Any], result: LoadResult, refused: int) -> None:
-        times = [datetime.fromisoformat(t) for t in {row[_TIME] for row in self.batch.rows}]
+    def _batch_row(self, conn: psycopg.Connection[Any], result: LoadResult) -> None:
         received = min(it.row.received_at for it in self.items)
-        conn.execute(
-            _BATCH_ROW,
-            (
-                self.batch.source, result.records, result.inserted, result.duplicates,
-                result.rejected, refused, min(times, default=None), max(times, default=None),
-                received, result.records,
-            ),
-        )  # fmt: skip
+        record_batch(conn, _RetryReceipt(), self.batch.source, result, self.batch.rows, received)
+
+
+class _RetryReceipt(Receipt):
+    route = "retry"
 
 
 def _plan(
     conn: psycopg.Connection[Any], filt: RejectFilter, batch_rows: int
 ) -> Iterator[tuple[str, str | None, list[str]]]:
     """The selected rows' ids in batches: (source, header line, ids), oldest first."""
-    where, params = filt.where()
+    params = filt.params()
     rows = conn.execute(
         f"SELECT source, header_line, reject_id::text, octet_length(raw_line)"
-        f" FROM pmta.rejects WHERE {where}"
+        f" FROM pmta.rejects WHERE {WHERE}"
         " ORDER BY source, header_line NULLS FIRST, received_at, position, reject_id",
         params,
     ).fetchall()

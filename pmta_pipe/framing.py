@@ -24,8 +24,10 @@ The one blind spot: a continuation line of a legitimate quoted field that itself
 looks like a whole record (``d,2026-01-15 14:23:11-0700,...``) is taken for one.
 Only lines that arrive while a quote is open are tested, so a stream without
 stray quotes costs what it did without the rule. A record larger than
-``max_record_bytes`` is still cut there and handed on as it is (the backstop), and
-so is a line with no break for that long; the parser rejects such pieces.
+``max_record_bytes`` is still cut there and handed on as it is (the backstop); a
+line with no break for that long is handed on as its first ``max_record_bytes``
+and the rest of the line is skipped (counted in ``skipped_bytes``): one reject per
+over-long line, never an event made of its pieces.
 
 What a record is, as ``parse.RecordParser`` decides it, on raw bytes (the spool,
 the importer and the parser must agree on record positions):
@@ -229,18 +231,32 @@ class RecordAssembler:
 class ChunkSplitter:
     """Cuts arbitrary chunks of a byte stream into whole records."""
 
-    __slots__ = ("_asm", "_max", "_rest")
+    __slots__ = ("_asm", "_max", "_rest", "_skipping", "skipped_bytes")
 
     def __init__(self, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
         self._asm = RecordAssembler(max_record_bytes)
         self._max = max_record_bytes
         self._rest = b""
+        self._skipping = False  # inside an over-long line whose first piece was handed on
+        self.skipped_bytes = 0  # bytes of over-long lines not kept (past their first piece)
 
     def feed(self, chunk: bytes, out: list[bytes]) -> None:
         """Append to ``out`` every record that ``chunk`` completes (blank lines are skipped)."""
+        if self._skipping:
+            end = chunk.find(b"\n")
+            if end < 0:
+                self.skipped_bytes += len(chunk)
+                return
+            self.skipped_bytes += end
+            self._skipping = False
+            chunk = chunk[end + 1 :]
+        long = len(self._rest) + len(chunk) >= self._max  # a line may be over the limit
         lines = (self._rest + chunk).split(b"\n") if self._rest else chunk.split(b"\n")
         self._rest = lines.pop()
         asm = self._asm
+        if long:
+            self._feed_long(lines, out)
+            lines = []
         parts = asm._parts  # the assembler's pending lines: empty in the common case
         append = out.append
         for line in lines:
@@ -251,18 +267,41 @@ class ChunkSplitter:
         if len(self._rest) >= self._max:
             self._cut_long_line(out)
 
+    def _feed_long(self, lines: list[bytes], out: list[bytes]) -> None:
+        """The lines of a chunk that may hold one over the limit: that one is handed on as
+        its first piece, alone (as ``_cut_long_line`` does), the others as usual."""
+        for line in lines:
+            if len(line) > self._max:
+                self._hand_on_piece(line[: self._max], out)
+                self.skipped_bytes += len(line) - self._max
+            elif self._asm.pending or line.count(b'"') & 1:
+                self._asm.push(line, out)
+            elif line.strip():
+                out.append(line)
+
+    def _hand_on_piece(self, piece: bytes, out: list[bytes]) -> None:
+        """The first ``max_record_bytes`` of an over-long line: it ends the record a quote
+        left open (which the size limit then cuts), or is handed on alone."""
+        if self._asm.pending:
+            self._asm.push(piece, out)
+            last = self._asm.flush()  # the size limit was reached: nothing may stay open
+            if last is not None:
+                out.append(last)
+        else:
+            out.append(piece)
+
     def _cut_long_line(self, out: list[bytes]) -> None:
-        """A line with no break for ``max_record_bytes``: hand it on in pieces of that size."""
-        pending = self._asm.flush()
-        if pending is not None:
-            out.append(pending)
-        while len(self._rest) >= self._max:
-            out.append(self._rest[: self._max])
-            self._rest = self._rest[self._max :]
+        """A line with no break for ``max_record_bytes``: hand on its first piece of that
+        size (the parser rejects it: one reject per line), and skip the rest of the line."""
+        self._hand_on_piece(self._rest[: self._max], out)
+        self.skipped_bytes += len(self._rest) - self._max
+        self._rest = b""
+        self._skipping = True
 
     def finish(self, out: list[bytes]) -> None:
         """At end of input: hand on the last line (with no line break) and anything pending."""
         rest, self._rest = self._rest, b""
+        self._skipping = False
         if rest.strip() or (rest and self._asm.pending):  # not the line after a last break
             self._asm.push(rest, out)
         last = self._asm.flush()

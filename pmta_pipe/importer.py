@@ -53,6 +53,7 @@ import psycopg
 from pmta_pipe import compression, db, ledger
 from pmta_pipe.config import Settings
 from pmta_pipe.errors import DatabaseUnavailable, PmtaPipeError, SetupFault, first_line
+from pmta_pipe.framing import is_header_record
 from pmta_pipe.inputs import STDIN, FilePlan, find_inputs, plan_file
 from pmta_pipe.load import Loader, LoadResult
 from pmta_pipe.migrate import apply_migrations
@@ -60,7 +61,6 @@ from pmta_pipe.parse import RecordParser
 from pmta_pipe.pipeline import Batch, Pipeline, Receipt
 from pmta_pipe.progress import Progress, make_progress
 from pmta_pipe.reader import iter_batches
-from pmta_pipe.spool import is_header_record
 
 log = logging.getLogger(__name__)
 

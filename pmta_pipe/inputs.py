@@ -32,6 +32,7 @@ import psycopg
 
 from pmta_pipe import compression, ledger
 from pmta_pipe.errors import PmtaPipeError
+from pmta_pipe.framing import is_header_record
 
 STDIN = "-"
 NAME_PATTERNS = ("acct*", "*.csv", "*.csv.*")
@@ -73,7 +74,7 @@ def _has_header_line(path: Path) -> bool:
             first = guard.read(4096)[:4096].split(b"\n", 1)[0]
     except OSError:
         return False
-    return first.lstrip(b"\xef\xbb\xbf").split(b",", 1)[0].strip().lower() == b"type"
+    return is_header_record(first)
 
 
 def is_accounting_file(path: Path) -> bool:

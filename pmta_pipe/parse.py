@@ -73,7 +73,10 @@ _END = ("",)  # read after the last record, see _reader
 #: the reason of a record that opens a quoted field and does not close it
 UNTERMINATED = "unterminated quoted field"
 #: the reason of a record of ``DEFAULT_MAX_RECORD_BYTES`` or more (framing cut it there)
-CUT = f"cut at the record limit of {DEFAULT_MAX_RECORD_BYTES} bytes"
+CUT = (
+    f"cut at the record limit of {DEFAULT_MAX_RECORD_BYTES} bytes (the first"
+    f" {DEFAULT_MAX_RECORD_BYTES} bytes are kept here; the rest of the line is not)"
+)
 _TIME_FALLBACKS = ("timeQueued", "timeFirstAttempt")
 _FALLBACKS = [KNOWN_INDEX[n.lower()] for n in _TIME_FALLBACKS]
 _I_RCPT = KNOWN_INDEX["rcpt"]

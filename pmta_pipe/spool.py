@@ -103,6 +103,7 @@ from pathlib import Path
 from typing import Any
 
 from pmta_pipe.errors import SpoolError
+from pmta_pipe.framing import count_positions
 
 log = logging.getLogger(__name__)
 
@@ -565,27 +566,15 @@ def backlog(folder: Path) -> Backlog:
     return out
 
 
-# -- header detection (the reader thread's share of parsing) -----------------------------
-
-
-def is_header_record(record: bytes) -> bool:
-    """True for a header line (first field ``type``), as ``parse`` decides."""
-    first = record.split(b",", 1)[0].decode("utf-8", "replace").lstrip("\ufeff").strip()
-    if len(first) >= 2 and first[0] == first[-1] == '"':
-        first = first[1:-1].strip()
-    return first.lower() == "type"
+# -- positions (the reader thread's share of parsing) --------------------------------------
 
 
 def scan_records(records: Sequence[bytes]) -> tuple[int, str | None]:
-    """(records that take a position, last header line among them or ``None``)."""
-    header: bytes | None = None
-    headers = 0
-    for rec in records:
-        if b"type" in rec[:12].lower() and is_header_record(rec):
-            header = rec
-            headers += 1
+    """(records that take a position, last header line among them or ``None``), counted
+    by ``framing.count_positions`` exactly as the parser counts them."""
+    positioned, header = count_positions(records)
     line = None if header is None else header.decode("utf-8", "replace").rstrip("\r\n")
-    return len(records) - headers, line
+    return positioned, line
 
 
 # -- the writer ----------------------------------------------------------------------

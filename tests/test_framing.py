@@ -173,15 +173,27 @@ def test_the_size_limit_is_still_the_backstop() -> None:
     assert records == [b"\n".join([torn, *lines[:3]]), *lines[3:], rec(9)]
 
 
-def test_an_endless_line_is_cut_in_pieces_the_parser_rejects() -> None:
+def test_an_endless_line_is_one_piece_the_parser_rejects() -> None:
     data = stream(HEADER, rec(1)) + b"A" * (3 * DEFAULT_MAX_RECORD_BYTES) + b"\n" + stream(rec(2))
-    records = frame(data, chunk=1 << 18)
-    assert records[:2] == [HEADER, rec(1)] and records[-1] == rec(2)
-    assert all(len(r) >= DEFAULT_MAX_RECORD_BYTES for r in records[2:-1])
-    pieces = len(records) - 3
-    assert count_positions(records) == (2 + pieces, HEADER)
-    events, rejects, _ = parsed(records)
-    assert (events, rejects) == (2, pieces)
+    for chunk in (1 << 18, 1000, len(data)):  # the rest of the line is skipped across chunks
+        records = frame(data, chunk=chunk)
+        assert records == [HEADER, rec(1), b"A" * DEFAULT_MAX_RECORD_BYTES, rec(2)]
+        assert count_positions(records) == (3, HEADER)
+        events, rejects, _ = parsed(records)
+        assert (events, rejects) == (2, 1)
+
+
+def test_an_endless_line_with_an_odd_quote_starts_no_record() -> None:
+    long = b'd,2026-01-01 00:00:00+0000,o@example.com,"' + b"C" * (DEFAULT_MAX_RECORD_BYTES + 5)
+    for chunk in (1 << 18, len(long) + 200):
+        records = frame(stream(HEADER, long, b"y" * 10, rec(2)), chunk=chunk)
+        assert records == [HEADER, long[:DEFAULT_MAX_RECORD_BYTES], b"y" * 10, rec(2)]
+
+
+def test_an_endless_last_line_without_a_break() -> None:
+    data = stream(HEADER, rec(1)) + b"B" * (DEFAULT_MAX_RECORD_BYTES + 10)
+    records = frame(data, chunk=4096)
+    assert records == [HEADER, rec(1), b"B" * DEFAULT_MAX_RECORD_BYTES]
 
 
 def test_the_406_record_stream_with_five_stray_quotes() -> None:

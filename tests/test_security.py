@@ -621,15 +621,17 @@ def test_hostile_fields_are_stored_as_data(cli_env: dict[str, str], conn: Conn) 
 
 
 def test_a_huge_unbalanced_record_costs_only_itself(cli_env: dict[str, str], conn: Conn) -> None:
-    # an opening quote that never closes, on a 3 MiB line: cut into 1 MiB pieces, each
-    # rejected (two distinct raw texts: the first piece and the all-"A" pieces), the rest loads
+    # an opening quote that never closes, on a 3 MiB line: the line is one reject (its
+    # first 1 MiB; the rest of the line is skipped), never pieces; the rest loads
     huge = b'd,2026-01-01 00:00:00+0000,o@example.com,"' + b"A" * (3 << 20) + b"\n"
     data = HEADER + _record(1) + huge + _record(2) + _record(3)
     proc = run_cli(["ingest"], cli_env, input=data, timeout=300)
     assert proc.returncode == 0, proc.stderr.decode()
     rcpts = {r[0] for r in conn.execute("SELECT rcpt FROM pmta.events").fetchall()}
     assert rcpts == {"user1@example.com", "user2@example.com", "user3@example.com"}
-    assert count(conn, "SELECT count(*) FROM pmta.rejects") == 2
+    assert count(conn, "SELECT count(*) FROM pmta.rejects") == 1
+    (raw,) = conn.execute("SELECT raw_line FROM pmta.rejects").fetchone() or ("",)
+    assert raw == huge[: 1 << 20].decode()
 
 
 def test_one_endless_line_is_cut_at_the_record_limit() -> None:
@@ -641,6 +643,8 @@ def test_one_endless_line_is_cut_at_the_record_limit() -> None:
         splitter.feed(b"A" * (1 << 18), out)
     splitter.finish(out)
     assert out and max(len(r) for r in out) <= DEFAULT_MAX_RECORD_BYTES
+    assert out == [b"A" * DEFAULT_MAX_RECORD_BYTES]  # one piece: the line is one reject
+    assert splitter.skipped_bytes == (3 << 20) - DEFAULT_MAX_RECORD_BYTES
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

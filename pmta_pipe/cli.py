@@ -268,14 +268,16 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
-    from pmta_pipe.prune import run_prune
+    from pmta_pipe.prune import format_result, prune
 
     if args.keep_days < 1 or args.keep_rollup_days < 1:
         raise ConfigError("--keep-days and --keep-rollup-days must be at least 1")
-    return run_prune(
+    result = prune(
         settings, keep_days=args.keep_days, keep_rollup_days=args.keep_rollup_days,
         dry_run=args.dry_run,
     )  # fmt: skip
+    print(format_result(result))
+    return EX_FAILURE if result.skipped else EX_OK
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:

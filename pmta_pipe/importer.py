@@ -37,7 +37,6 @@ imported, and the run exits 1 after its summary.
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import queue
@@ -221,26 +220,6 @@ def _read_file(
     finally:
         if raw is not sys.stdin.buffer:
             raw.close()
-
-
-def _print_summary(summary: ImportSummary, fmt: str) -> None:
-    if fmt == "json":
-        print(json.dumps(summary.as_dict(), indent=2))
-        return
-    d = summary.as_dict()
-    rate = d["records"] / summary.seconds if summary.seconds > 0 else 0.0
-    print(
-        f"files: {d['files']} ({d['imported']} imported, {d['skipped']} skipped, "
-        f"{d['partial']} partial, {d['failed']} failed)"
-    )
-    print(
-        f"records: {d['records']}, inserted: {d['inserted']}, duplicates: {d['duplicates']}, "
-        f"rejected: {d['rejected']}"
-    )
-    print(f"time: {summary.seconds:.1f} s ({rate:.0f} records/s)")
-    for f in summary.files:
-        if f.status in ("failed", "partial"):
-            print(f"{f.status}: {f.path}: {f.note}")
 
 
 def import_files(
@@ -455,17 +434,3 @@ def _finish(
             error=end.error,
         )  # fmt: skip
     bar.end_file(plan.name, outcome.records, outcome.status)
-
-
-def run_import(
-    settings: Settings,
-    paths: Sequence[str],
-    *,
-    force: bool = False,
-    fmt: str = "text",
-    jobs: int = 1,
-) -> int:
-    """``pmta-pipe import``: import, print the summary on stdout; 1 when a file failed."""
-    summary = import_files(settings, paths, force=force, jobs=jobs)
-    _print_summary(summary, fmt)
-    return 1 if summary.total("failed") else 0

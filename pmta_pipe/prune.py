@@ -153,31 +153,37 @@ def _size(n: int) -> str:
     return str(n)
 
 
-def run_prune(settings: Settings, *, keep_days: int, keep_rollup_days: int, dry_run: bool) -> int:
-    """``pmta-pipe prune``: print what goes (or would go); 1 when something stayed busy."""
+@dataclass
+class PruneResult:
+    """What ``prune`` removed (or, with ``dry_run``, would remove)."""
+
+    plan: PrunePlan
+    dry_run: bool
+    dropped: list[Partition] = field(default_factory=list)
+    busy: list[Partition] = field(default_factory=list)  # left for the next run
+    rollups_deleted: dict[str, int] = field(default_factory=dict)
+    busy_tables: int = 0
+
+    @property
+    def skipped(self) -> int:
+        return len(self.busy) + self.busy_tables
+
+
+def prune(
+    settings: Settings, *, keep_days: int, keep_rollup_days: int, dry_run: bool
+) -> PruneResult:
+    """``pmta-pipe prune``: drop old raw-event partitions, rollup rows and rejects."""
     target = db.resolve_target(settings)
     today = datetime.now(timezone.utc).date()
-    verb = "would drop" if dry_run else "dropped"
-    skipped = 0
     with db.connect(target.conninfo, autocommit=True) as conn:
         plan = plan_prune(conn, keep_days, keep_rollup_days, today)
-        rows = size = 0
+        out = PruneResult(plan, dry_run)
         for part in plan.partitions:
             ok = dry_run or _with_lock_timeout(
                 conn, f"pmta.{part.name}",
                 sql.SQL("DROP TABLE pmta.{}").format(sql.Identifier(part.name)),
             )  # fmt: skip
-            if not ok:
-                skipped += 1
-                print(f"skipped pmta.{part.name} (busy): {part.rows} rows, {_size(part.size)}")
-                continue
-            rows += part.rows
-            size += part.size
-            print(f"{verb} pmta.{part.name}: {part.rows} rows, {_size(part.size)}")
-        print(
-            f"events: {verb} {len(plan.partitions) - skipped} partitions, {rows} rows, "
-            f"{_size(size)}; keeping days from {plan.events_before.isoformat()}"
-        )
+            (out.dropped if ok else out.busy).append(part)
         cutoff = _midnight(plan.rollups_before)
         for table, n in plan.rollups.items():
             if n and not dry_run:
@@ -185,16 +191,33 @@ def run_prune(settings: Settings, *, keep_days: int, keep_rollup_days: int, dry_
                     sql.Identifier(table)
                 )
                 if not _with_lock_timeout(conn, f"pmta.{table}", stmt, (cutoff,)):
-                    skipped += 1
+                    out.busy_tables += 1
                     continue
-            print(f"rollups: pmta.{table}: {n} rows before {plan.rollups_before.isoformat()}"
-                  f" {'would be deleted' if dry_run else 'deleted'}")  # fmt: skip
+            out.rollups_deleted[table] = n
         if plan.rejects and not dry_run:
             conn.execute(
                 "DELETE FROM pmta.rejects WHERE received_at < %s", (_midnight(plan.events_before),)
             )
-        print(f"rejects: {plan.rejects} {'would be deleted' if dry_run else 'deleted'}")
-    if skipped:
-        log.warning("%d tables stayed busy and were left for the next run", skipped)
-        return 1
-    return 0
+    if out.skipped:
+        log.warning("%d tables stayed busy and were left for the next run", out.skipped)
+    return out
+
+
+def format_result(r: PruneResult) -> str:
+    """The lines ``pmta-pipe prune`` prints."""
+    verb = "would drop" if r.dry_run else "dropped"
+    deleted = "would be deleted" if r.dry_run else "deleted"
+    lines = [f"skipped pmta.{p.name} (busy): {p.rows} rows, {_size(p.size)}" for p in r.busy]
+    lines += [f"{verb} pmta.{p.name}: {p.rows} rows, {_size(p.size)}" for p in r.dropped]
+    rows = sum(p.rows for p in r.dropped)
+    size = sum(p.size for p in r.dropped)
+    lines.append(
+        f"events: {verb} {len(r.dropped)} partitions, {rows} rows, "
+        f"{_size(size)}; keeping days from {r.plan.events_before.isoformat()}"
+    )
+    for table, n in r.rollups_deleted.items():
+        lines.append(
+            f"rollups: pmta.{table}: {n} rows before {r.plan.rollups_before.isoformat()} {deleted}"
+        )
+    lines.append(f"rejects: {r.plan.rejects} {deleted}")
+    return "\n".join(lines)

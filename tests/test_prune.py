@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -55,11 +56,18 @@ def loaded(dsn: str, conn: Conn, tmp_path: Path) -> tuple[date, date]:
     return old, recent
 
 
+def run_prune(settings: Settings, **kwargs: Any) -> int:
+    """What ``pmta-pipe prune`` does: prune, print the result, exit 1 when a table was busy."""
+    result = prune.prune(settings, **kwargs)
+    print(prune.format_result(result))
+    return 1 if result.skipped else 0
+
+
 def test_dry_run_changes_nothing(
     dsn: str, conn: Conn, loaded: tuple[date, date], capsys: pytest.CaptureFixture[str]
 ) -> None:
     before = partitions(conn)
-    code = prune.run_prune(Settings(dsn=dsn), keep_days=30, keep_rollup_days=730, dry_run=True)
+    code = run_prune(Settings(dsn=dsn), keep_days=30, keep_rollup_days=730, dry_run=True)
     assert code == 0
     out = capsys.readouterr().out
     assert out.count("would drop pmta.events_") == 5
@@ -77,7 +85,7 @@ def test_prune_drops_old_partitions_and_thins_rollups(
     dsn: str, conn: Conn, loaded: tuple[date, date], capsys: pytest.CaptureFixture[str]
 ) -> None:
     _, recent = loaded
-    code = prune.run_prune(Settings(dsn=dsn), keep_days=30, keep_rollup_days=730, dry_run=False)
+    code = run_prune(Settings(dsn=dsn), keep_days=30, keep_rollup_days=730, dry_run=False)
     assert code == 0
     assert "events: dropped 5 partitions, 1000 rows" in capsys.readouterr().out
     assert partitions(conn) == names(recent, 2)
@@ -89,9 +97,7 @@ def test_prune_drops_old_partitions_and_thins_rollups(
     assert count(conn, "SELECT count(*) FROM pmta.rollup_nobucket") == 1
     assert conn.execute("SELECT raw_line FROM pmta.rejects").fetchall() == [("new",)]
     # a second run finds nothing more to do
-    assert (
-        prune.run_prune(Settings(dsn=dsn), keep_days=30, keep_rollup_days=730, dry_run=False) == 0
-    )
+    assert run_prune(Settings(dsn=dsn), keep_days=30, keep_rollup_days=730, dry_run=False) == 0
     assert "events: dropped 0 partitions, 0 rows" in capsys.readouterr().out
 
 
@@ -103,20 +109,18 @@ def test_busy_table_is_skipped_not_waited_for(
     monkeypatch.setattr(prune, "RETRY_PAUSE", 0.05)
     with psycopg.connect(dsn) as loader:  # a loader in the middle of a batch
         loader.execute("LOCK TABLE pmta.events IN ROW EXCLUSIVE MODE")
-        code = prune.run_prune(Settings(dsn=dsn), keep_days=30, keep_rollup_days=730, dry_run=False)
+        code = run_prune(Settings(dsn=dsn), keep_days=30, keep_rollup_days=730, dry_run=False)
         assert code == 1
         loader.rollback()
     assert partitions(conn) == names(old, 5) + names(recent, 2)
-    assert (
-        prune.run_prune(Settings(dsn=dsn), keep_days=30, keep_rollup_days=730, dry_run=False) == 0
-    )
+    assert run_prune(Settings(dsn=dsn), keep_days=30, keep_rollup_days=730, dry_run=False) == 0
     assert partitions(conn) == names(recent, 2)
 
 
 def test_loading_into_a_pruned_day_recreates_its_partition(
     dsn: str, conn: Conn, loaded: tuple[date, date], tmp_path: Path
 ) -> None:
-    prune.run_prune(Settings(dsn=dsn), keep_days=30, keep_rollup_days=730, dry_run=False)
+    run_prune(Settings(dsn=dsn), keep_days=30, keep_rollup_days=730, dry_run=False)
     settings = Settings(dsn=dsn, source="test-host")
     summary = import_files(
         settings, [str(tmp_path / "acct-old.csv")], force=True, progress=LogProgress(0, 0)

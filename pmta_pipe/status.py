@@ -34,13 +34,10 @@ STALE_SECONDS = 300.0
 FULL_FRACTION = 0.8
 
 _SOURCES = """
-    SELECT h.source, h.last_committed_at, extract(epoch FROM h.since_last_commit),
-           h.records_last_hour, h.rejected_last_hour,
-           coalesce((SELECT sum(b.rejected_by_database) FROM pmta.ingest_batches b
-                     WHERE b.source = h.source
-                       AND b.committed_at > now() - interval '1 hour'), 0)
-    FROM pmta.ingest_health h
-    ORDER BY h.source
+    SELECT source, last_committed_at, extract(epoch FROM since_last_commit),
+           records_last_hour, rejected_last_hour, rejected_by_database_last_hour
+    FROM pmta.ingest_health
+    ORDER BY source
 """
 
 
@@ -69,7 +66,9 @@ def _database(settings: Settings) -> dict[str, Any]:
                     {
                         "source": r[0],
                         "last_committed_at": r[1].isoformat() if r[1] else None,
-                        "seconds_since_last_commit": round(float(r[2]), 1),
+                        "seconds_since_last_commit": (
+                            None if r[2] is None else round(float(r[2]), 1)
+                        ),
                         "records_last_hour": int(r[3]),
                         "rejected_last_hour": int(r[4]),
                         "rejected_by_database_last_hour": int(r[5]),
@@ -191,10 +190,11 @@ def format_text(st: dict[str, Any]) -> str:
     if d["sources"]:
         lines.append("last commits:")
         for src in d["sources"]:
+            ago = src["seconds_since_last_commit"]
             lines.append(
-                f"  {src['source']}: {src['last_committed_at']}"
-                f" ({src['seconds_since_last_commit']:.0f} s ago),"
-                f" {src['records_last_hour']} records in the last hour,"
+                f"  {src['source']}: {src['last_committed_at'] or 'no pipe commit'}"
+                + (f" ({ago:.0f} s ago)," if ago is not None else ",")
+                + f" {src['records_last_hour']} records in the last hour,"
                 f" {src['reject_share_last_hour']:.2%} rejected"
             )
     if st["healthy"]:

@@ -21,7 +21,9 @@ regular expressions are PostgreSQL's, written for Python's ``re``: ``\\m``/``\\M
 (word start/end) become ``\\b``, ``\\d`` becomes ``[0-9]``; for ASCII text (SMTP
 replies are ASCII unless SMTPUTF8) the results are the same.
 ``example`` of ``rollup_diag`` is the smallest raw text by code point
-(``COLLATE "C"``), whatever the database's collation.
+(``COLLATE "C"``), whatever the database's collation. Every text key is bounded by
+``rollup_key`` (``pmta.rollup_key``, migration 0007), so that no value can make an
+index entry too large.
 
 Input rows are ``pmta.events`` rows as the parser makes them: text in
 ``EVENT_COLUMNS`` order, ``''`` for NULL.
@@ -29,6 +31,7 @@ Input rows are ``pmta.events`` rows as the parser makes them: text in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -61,7 +64,28 @@ _LOCAL_HOUR = itemgetter(slice(0, 13))  # YYYY-MM-DDTHH
 _OFFSET = itemgetter(slice(19, None))  # ±HH:MM in the parser's form
 
 
+#: longest rollup key kept as it is (``pmta.rollup_key``): an index entry holds ~2.7 kB
+KEY_CHARS = 255
+
+
 # -- derivations (see the SQL functions of the same names) ---------------------------
+def rollup_key(text: str) -> str:
+    """``pmta.rollup_key``: a text as a rollup key, bounded so that it always fits an index:
+    longer than ``KEY_CHARS``, it becomes its first ``KEY_CHARS`` characters, ``…`` and
+    the first 8 hex digits of the MD5 of the whole text (``pmta.events`` keeps it whole)."""
+    if len(text) <= KEY_CHARS:
+        return text
+    digest = hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()[:8]
+    return f"{text[:KEY_CHARS]}…{digest}"
+
+
+def _bounded(column: Sequence[str]) -> Sequence[str]:
+    """``column`` with every value as ``rollup_key`` makes it (unchanged in the usual case)."""
+    if max(map(len, column), default=0) <= KEY_CHARS:
+        return column
+    return list(map(rollup_key, column))
+
+
 @lru_cache(maxsize=4096)
 def buckets(time_logged: str) -> tuple[str, str]:
     """``(pmta.utc_day, pmta.utc_hour)`` of a time as the parser writes it, as ISO text."""
@@ -240,6 +264,12 @@ class Deltas:
         cats: Sequence[str] = ("",) * len(rtype)
         if kinds & _BOUNCE_TYPES:
             cats = [c if t in _BOUNCE_TYPES else "" for c, t in zip(bounce_cat, rtype, strict=True)]
+        # every text key bounded (rollup_key); a no-op unless a value is over KEY_CHARS
+        keys: list[Sequence[str]] = [
+            _bounded(c) for c in (source, rtype, domains, vmta, pool, jobs, cats)
+        ]
+        source, rtype = list(keys[0]), list(keys[1])
+        domains, vmta, pool, jobs, cats = keys[2], list(keys[3]), list(keys[4]), keys[5], keys[6]
         self.daily.update(
             zip(days, source, rtype, domains, ips, vmta, pool, jobs, cats, strict=True)
         )

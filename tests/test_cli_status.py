@@ -9,7 +9,7 @@ import psycopg
 
 from tests.conftest import count, run_cli
 from tests.test_durability import CLOSED, HEADER, numbered
-from tests.test_setup_faults import JOB_HEADER, huge_job_id, with_jobs
+from tests.test_setup_faults import JOB_HEADER, POISON, refuse_poison, with_jobs
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
@@ -108,7 +108,8 @@ def test_reject_share_below_the_default_is_healthy(cli_env: dict[str, str], conn
 
 
 def test_a_record_the_database_refused_is_unhealthy(cli_env: dict[str, str], conn: Conn) -> None:
-    data = JOB_HEADER + with_jobs(1, 400, {123}, huge_job_id())  # 0.25 %: below the share
+    refuse_poison(conn)
+    data = JOB_HEADER + with_jobs(1, 400, {123}, POISON)  # 0.25 %: below the share
     got = run_cli(["ingest"], dict(cli_env, PMTA_PIPE_DRAIN_TIMEOUT="5"), input=data)
     assert got.returncode == 0, got.stderr.decode()
     assert count(conn, "SELECT sum(rejected_by_database) FROM pmta.ingest_batches") == 1

@@ -138,6 +138,36 @@ def test_rebuilding_the_rollups_in_sql_gives_the_same_rows(dsn: str, conn: Conn)
         assert sorted(rebuilt, key=repr) == stored[table], table
 
 
+def test_keys_too_long_for_an_index_are_bounded_alike_in_python_and_sql(
+    dsn: str, conn: Conn
+) -> None:
+    """Values no index entry can hold load, and both rollup definitions bound them alike."""
+    head = b"type,timeLogged,rcpt,dsnStatus,dsnDiag,dlvSourceIp,vmta,vmtaPool,jobId,bounceCat\n"
+    long = {n: (chr(97 + n) * 3000 + "é" * 20).encode() for n in range(5)}
+    lines = [
+        b"%s,2026-03-01 10:00:%02d+0000,u%d@%s.example,4.7.0,smtp;421 try later,192.0.2.9,"
+        b"%s,%s,%s,%s\n" % (t, i, i, long[0][:300], long[1], long[2], long[3], long[4])
+        for i, t in enumerate((b"t", b"b", b"d", b"t", b"x" * 400))
+    ]
+    assert load_bytes(dsn, head + b"".join(lines), "host-" + "h" * 600) == 5
+    assert conn.execute("SELECT count(*) FROM pmta.rejects").fetchone() == (0,)
+    stored = {t: sorted(conn.execute(f"SELECT {COLUMNS[t]} FROM pmta.{t}").fetchall(), key=repr)
+              for t in COLUMNS}  # fmt: skip
+    widest = conn.execute(
+        "SELECT max(greatest(length(source), length(record_type), length(rcpt_domain),"
+        " length(vmta), length(vmta_pool), length(job_id), length(bounce_cat)))"
+        " FROM pmta.rollup_daily"
+    ).fetchone()
+    assert widest == (264,)
+    with conn.transaction():
+        conn.execute("TRUNCATE " + ", ".join(f"pmta.{t}" for t in COLUMNS))
+        conn.execute("CREATE TEMP TABLE batch_inserted ON COMMIT DROP AS SELECT * FROM pmta.events")
+        conn.execute("SELECT pmta.apply_rollups()")
+    for table in COLUMNS:
+        rebuilt = conn.execute(f"SELECT {COLUMNS[table]} FROM pmta.{table}").fetchall()
+        assert sorted(rebuilt, key=repr) == stored[table], table
+
+
 def test_rollup_groups_with_tabs_and_backslashes_go_through_csv(dsn: str, conn: Conn) -> None:
     """A diagnostic the COPY text format cannot carry as it is still reaches rollup_diag whole."""
     head = b"type,timeLogged,rcpt,dsnStatus,dsnDiag,dlvSourceIp,vmta\n"

@@ -121,3 +121,15 @@ def test_buckets_of_a_whole_batch() -> None:
         "2026-01-15T00:00:00+00:00",
         "2026-01-15T05:00:00+00:00",
     )
+
+
+def test_rollup_key_matches_sql(conn: Conn) -> None:
+    texts = ["", "gmail.com", "x" * 255, "x" * 256, "é" * 300, "😀" * 255 + "a", "a" * 10_000]
+    sql = conn.execute(
+        "SELECT pmta.rollup_key(t) FROM unnest(%s::text[]) WITH ORDINALITY AS u(t, i) ORDER BY i",
+        (texts,),
+    ).fetchall()
+    got = [rollups.rollup_key(t) for t in texts]
+    assert got == [r[0] for r in sql]
+    assert got[:3] == texts[:3]  # up to 255 characters: unchanged
+    assert all(len(k) == 255 + 1 + 8 for k in got[3:])

@@ -15,6 +15,7 @@ The role without INSERT has every other grant ``deploy/roles.sql`` gives
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import random
 import re
@@ -424,8 +425,20 @@ def with_jobs(run: int, n: int, bad: set[int], value: bytes) -> bytes:
     )
 
 
+POISON = b"poison-job"
+
+
+def refuse_poison(conn: Conn) -> None:
+    """A rule of the database that one value breaks: PostgreSQL refuses that row (23514)."""
+    conn.execute(
+        "ALTER TABLE pmta.events ADD CONSTRAINT no_poison"
+        " CHECK (job_id IS DISTINCT FROM 'poison-job')"
+    )
+
+
 def test_value_the_database_refuses_is_the_only_reject(cli_env: dict[str, str], conn: Conn) -> None:
-    data = JOB_HEADER + with_jobs(1, 200, {37}, huge_job_id())
+    refuse_poison(conn)
+    data = JOB_HEADER + with_jobs(1, 200, {37}, POISON)
     got = run_cli(["ingest"], dict(cli_env, PMTA_PIPE_DRAIN_TIMEOUT="5"), input=data)
     assert got.returncode == 0, got.stderr.decode()
     assert events(conn) == 199
@@ -434,13 +447,31 @@ def test_value_the_database_refuses_is_the_only_reject(cli_env: dict[str, str], 
     assert len(rows) == 1
     stage, sqlstate, raw = rows[0]
     assert stage == "database"
-    assert sqlstate == "54000"  # program_limit_exceeded: the index row is too large
+    assert sqlstate == "23514"  # check_violation: a rule of the database refuses the row
     assert "r1-37@x.com" in str(raw)
     batches = conn.execute(
         "SELECT sum(records), sum(inserted), sum(rejected), sum(rejected_by_database)"
         " FROM pmta.ingest_batches"
     ).fetchone()
     assert batches == (200, 199, 1, 1)
+
+
+def test_a_key_too_long_for_an_index_loads_with_a_bounded_rollup_key(
+    cli_env: dict[str, str], conn: Conn
+) -> None:
+    job = huge_job_id()  # 10,000 random characters: once SQLSTATE 54000 for the whole batch
+    data = JOB_HEADER + with_jobs(1, 200, {37, 38}, job)
+    got = run_cli(["ingest"], dict(cli_env, PMTA_PIPE_DRAIN_TIMEOUT="5"), input=data)
+    assert got.returncode == 0, got.stderr.decode()
+    assert events(conn) == 200
+    assert count(conn, "SELECT count(*) FROM pmta.rejects") == 0
+    assert conn.execute("SELECT job_id FROM pmta.events WHERE rcpt = 'r1-37@x.com'").fetchone() == (
+        job.decode(),
+    )  # the event keeps the whole value
+    bounded = job[:255].decode() + "…" + hashlib.md5(job).hexdigest()[:8]
+    assert conn.execute(
+        "SELECT job_id, sum(n) FROM pmta.rollup_daily WHERE length(job_id) > 10 GROUP BY 1"
+    ).fetchall() == [(bounded, 2)]
 
 
 # -- the closing summary line ----------------------------------------------------------------

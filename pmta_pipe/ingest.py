@@ -31,8 +31,10 @@ Threads and hand-offs::
 * Spool full (``--spool-max-bytes``, every process's segments counted): the reader
   stops reading stdin, so PowerMTA blocks (and after its write-timeout drops the
   pipe and keeps the records in its accounting file, if one is configured); an ERROR
-  with the counts is logged when it starts and every ``FULL_LOG_SECONDS``. Nothing is
-  ever dropped by pmta-pipe.
+  with the counts is logged when it starts and at most once every ``FULL_LOG_SECONDS``
+  while it lasts or recurs. Room is checked for the batch about to be written, so
+  while reading this process never takes the spool past its limit (``Journal``).
+  Nothing is ever dropped by pmta-pipe.
 * End of input, SIGTERM, SIGINT and SIGHUP all end the same way: stop reading, load
   what was read, exit 0. If the database is unreachable (or a setup fault lasts)
   then, wait up to ``--drain-timeout`` seconds for it, then exit 75 (EX_TEMPFAIL)
@@ -66,7 +68,8 @@ MAX_MEMORY_BATCHES = 2  # beyond this, batches wait on disk only (bounded memory
 MAX_MEMORY_BYTES = 32 << 20
 LOAD_DEPTH = 1  # parsed batches waiting for the loader thread
 RECOVER_SECONDS = 60.0
-FULL_LOG_SECONDS = 60.0
+FULL_LOG_SECONDS = 60.0  # the "spool full" ERROR, at most this often
+FULL_POLL_SECONDS = 0.2  # how often a held batch tries again for room
 RETRY_WAIT_MAX = 10.0  # longest pause between two attempts to reach the database
 
 
@@ -168,7 +171,15 @@ class PendingQueue:
 
 
 class Journal:
-    """The reader's sink: journal each batch, queue it, and hold reading while the spool is full."""
+    """The reader's sink: journal each batch, queue it, and hold reading while the spool is full.
+
+    Room is checked for the batch about to be written (``SpoolWriter.try_append``), so
+    while reading, this process never takes the spool past ``--spool-max-bytes``; once
+    a stop is requested, a batch already read is journaled whatever the limit. The
+    "spool full" ERROR is logged at most once every ``FULL_LOG_SECONDS`` however often
+    the spool fills up again (a spool hovering at its limit holds reading for each
+    batch), and "reading resumed" only after a hold that logged it.
+    """
 
     def __init__(
         self,
@@ -180,29 +191,36 @@ class Journal:
         self.pending = pending
         self.at_end = at_end
         self.stopping: Callable[[], bool] = lambda: False
-        self.full_seconds = 0.0
+        self.full_seconds = 0.0  # reading held for room, in all
+        self.holds = 0  # times reading was held for room
+        self._full_logged_at: float | None = None
+        self._quiet_holds = 0  # holds since the last "spool full" ERROR, and their seconds
+        self._quiet_seconds = 0.0
 
     def __call__(self, raw: RawBatch | None) -> None:
         if raw is None:
             self.pending.close()
             self.at_end()
             return
-        batch = self._append(raw)
-        if batch is None:
-            return
-        self._wait_for_room()
+        self._append(raw)
 
     def _append(self, raw: RawBatch) -> SpooledBatch | None:
         failing_since: float | None = None
+        held_since: float | None = None
+        logged = False  # this hold logged the ERROR
         while True:
+            stopping = self.stopping()
             try:
-                batch = self.spool.append(raw.records, raw.received_at)
+                if stopping:  # what was read is journaled, past the limit if need be
+                    batch: SpooledBatch | None = self.spool.append(raw.records, raw.received_at)
+                else:
+                    batch = self.spool.try_append(raw.records, raw.received_at)
             except OSError as exc:
                 if failing_since is None:
                     failing_since = time.monotonic()
                     log.error("cannot write the spool in %s (%s): reading stdin is held until"
                               " it can be written", self.spool.folder, exc)  # fmt: skip
-                if self.stopping():
+                if stopping:
                     # stopping and the disk refuses: load from memory, as without a spool
                     log.error("stopping with %d records not journaled", len(raw.records))
                     dummy = SpooledBatch(BatchRef("", -1), raw.records, raw.received_at, 0)
@@ -212,28 +230,44 @@ class Journal:
                 continue
             if failing_since is not None:
                 log.warning("spool writable again after %.0f s", time.monotonic() - failing_since)
+                failing_since = None
+            if batch is None:  # no room for this batch: hold reading
+                now = time.monotonic()
+                if held_since is None:
+                    held_since = now
+                    self.holds += 1
+                if self._full_logged_at is None or now - self._full_logged_at >= FULL_LOG_SECONDS:
+                    self._report_full(now - held_since)
+                    self._full_logged_at = now
+                    logged = True
+                time.sleep(FULL_POLL_SECONDS)
+                continue
+            if held_since is not None:
+                held = time.monotonic() - held_since
+                self.full_seconds += held
+                if logged:
+                    log.warning("spool has room again: reading resumed after %.1f s", held)
+                else:
+                    self._quiet_holds += 1
+                    self._quiet_seconds += held
             self.pending.push(batch, raw.nbytes)
             return batch
 
-    def _wait_for_room(self) -> None:
-        if self.spool.has_room():
-            return
-        started = time.monotonic()
-        logged = 0.0
-        while not self.spool.has_room() and not self.stopping():
-            if time.monotonic() - logged >= FULL_LOG_SECONDS:
-                logged = time.monotonic()
-                segments, batches = self.spool.backlog()
-                log.error(
-                    "spool full: %d bytes in %s (limit %d); %d batches in %d segments wait for"
-                    " the database; not reading stdin, so PowerMTA is blocked (held %.0f s)",
-                    self.spool.folder_bytes(), self.spool.folder, self.spool.max_bytes,
-                    batches, segments, logged - started,
-                )  # fmt: skip
-            time.sleep(0.2)
-        held = time.monotonic() - started
-        self.full_seconds += held
-        log.warning("spool has room again: reading resumed after %.1f s", held)
+    def _report_full(self, held: float) -> None:
+        segments, batches = self.spool.backlog()
+        again = (
+            f"; since the last report reading was also held {self._quiet_holds} times"
+            f" ({self._quiet_seconds:.1f} s in all)"
+            if self._quiet_holds
+            else ""
+        )
+        log.error(
+            "spool full: %d bytes in %s (limit %d); %d batches in %d segments wait for"
+            " the database; not reading stdin, so PowerMTA is blocked (held %.0f s)%s",
+            self.spool.folder_bytes(), self.spool.folder, self.spool.max_bytes,
+            batches, segments, held, again,
+        )  # fmt: skip
+        self._quiet_holds, self._quiet_seconds = 0, 0.0
 
 
 def _install_signals(stop: Callable[[], None]) -> None:
@@ -262,9 +296,15 @@ def run_ingest(settings: Settings, fd: int = 0) -> IngestResult:
     source = settings.source_name
     spool = SpoolWriter(settings.spool_path, source, max_bytes=settings.spool_max_bytes)
     interrupt = threading.Event()  # set: stop waiting for the database
+    loaders: list[Loader] = []
+
+    def give_up() -> None:  # --drain-timeout after end of input: bounded even when blocked
+        interrupt.set()
+        for each in loaders:
+            each.cancel()
 
     def at_end() -> None:
-        timer = threading.Timer(settings.drain_timeout, interrupt.set)
+        timer = threading.Timer(settings.drain_timeout, give_up)
         timer.daemon = True
         timer.start()
 
@@ -290,7 +330,9 @@ def run_ingest(settings: Settings, fd: int = 0) -> IngestResult:
             target.conninfo, migrate=True, interrupt=interrupt, max_wait=RETRY_WAIT_MAX,
             hold_setup_faults=True, on_fault=lambda n: spool.report_fault(_fault_note(n)),
         )  # fmt: skip
-        pipeline = Pipeline(loader, source, depth=LOAD_DEPTH)
+        loaders.append(loader)
+        # connect first: the schema is made (migrated) even for a stream of header lines
+        pipeline = Pipeline(loader, source, depth=LOAD_DEPTH, connect_first=True)
         submit_orphans(spool.folder, pipeline, source, recovery)
         next_scan = time.monotonic() + RECOVER_SECONDS
         while True:

@@ -11,11 +11,12 @@ in the database". Modelled on nsqio/go-diskqueue and Vector's disk buffer.
 Layout
 ------
 One folder (``--spool-dir``), mode 0700, shared by every pmta-pipe process of the
-host; files are created 0600::
+host (missing folders above it are created 0755 at most); files are created 0600::
 
     <start_us:016d>-<pid>-<seq:06d>.seg   a segment: batches of one process
     .<segment name>.tmp                   a segment being created (never holds records)
-    <segment name>.corrupt                a damaged segment, moved aside (kept for people)
+    <segment name>.corrupt                a damaged segment, or one of another format
+                                          version, moved aside (kept for people)
     fault-<pid>.json                      a setup fault holding that process's batches back
                                           (locked while it lives; ``status`` shows it)
 
@@ -67,20 +68,55 @@ The two ends
 
 Recovery rules (``read_segment``)
 ---------------------------------
-* A frame whose header or payload runs past the end of the file, a bad last frame
-  that ends exactly at the end of the file, or a zero-filled tail is a torn last
-  write (a crash between ``write`` and ``fsync``): it is ignored. Those records were
-  never durable, so nothing durable is lost.
-* Any other bad frame (bad marker, CRC mismatch, absurd length) is corruption: the
-  reader skips to the next frame that checks out and goes on, so every intact batch
-  is still loaded; the segment is then renamed ``*.corrupt`` with a warning. A
-  segment without a valid meta frame is loaded with the default header and the
-  replaying process's source, and moved aside likewise. Nothing stops the pipe.
+Only the last frame of a segment can be a torn write (a crash between ``write`` and
+``fsync``; a writer never appends after a failed write, it truncates it away and
+starts a new segment). Anything else that does not check out is damage (bit rot, a
+bad disk, a hand edit), and damage never costs more than its own bytes:
+
+* A bad frame after which no intact frame follows is a torn last write when it is
+  what an interrupted append leaves: fewer bytes than a frame header, a header whose
+  payload runs past the end of the file, a checksum that fails on a payload that
+  ends exactly at the end of the file (or is followed by zeros only), or a
+  zero-filled tail. It is ignored, logged at INFO: those records were never durable,
+  so nothing durable is lost. (A bit flipped in the last frame looks the same and is
+  treated the same: it cannot be told from a torn write.)
+* Any other bad frame is damage: a bad marker or kind, an absurd length, a checksum
+  that fails with more bytes after the frame, a meta frame out of place, and a frame
+  whose length runs past the end of the file while an intact frame follows its start
+  (a flipped bit in the length of a middle frame: read as torn, it would drop the
+  rest of the segment). The reader scans for the next frame that checks out
+  (``_resync``: marker, header, CRC) and goes on from there, so every intact batch
+  is still loaded. Once they are committed, the segment is renamed ``*.corrupt``
+  (``ClaimedSegment.finish``) and a WARNING gives the counts: bytes unreadable and
+  where, intact batches and records loaded and how many of them were found after
+  the damage, records missing between intact batches (from their positions).
+  ``status`` is UNHEALTHY, naming the file, until someone deletes it. A segment
+  without a valid meta frame is loaded with the default header and the loading
+  process's source, and moved aside likewise. Nothing stops the pipe.
+* A segment whose MAGIC names another format version (``PMTASPL`` and a byte other
+  than ``1``), or whose meta frame's ``format`` is not ``FORMAT``, is never read as
+  this version: nothing is loaded from it, it is renamed ``*.corrupt`` with an ERROR,
+  and ``status`` reports it as written in an unknown format (replay it with the
+  version that wrote it). A flipped bit in the version byte looks the same and is
+  handled the same way: the file is kept for people.
 * Files that match none of the names above are left alone (and reported by
   ``status``). A ``.tmp`` nobody holds a lock on is removed: it never held records.
 * Replaying a segment that was partly committed before a crash skips the batches
   ``pmta.ingest_batches`` records as committed (by segment name and frame offset);
   anything loaded twice anyway is recognised by ``record_id`` and not added.
+
+Room (``--spool-max-bytes``)
+----------------------------
+``SpoolWriter.try_append`` counts the bytes a batch adds (its frame, and a new
+segment's head when one is due) against the bytes of every segment in the folder
+before writing it, and writes nothing when they would pass the limit; ``ingest``
+then holds reading. So one process never takes the folder past the limit, with two
+exceptions: a single batch larger than the whole limit is written into a folder
+that holds no segment (else it could never be), and after a stop request the
+batches already read are journaled whatever the limit (``append``). The other
+processes' segments are counted as of the last rescan of the folder (at most a
+second old), so processes sharing a folder can pass it by what the others journaled
+in that second. ``*.corrupt`` files do not count.
 """
 
 from __future__ import annotations
@@ -146,6 +182,11 @@ def encode_batch(records: Sequence[bytes], received_at: datetime, first_position
     )
 
 
+def batch_frame_bytes(records: Sequence[bytes]) -> int:
+    """The size of the frame ``encode_frame(KIND_BATCH, encode_batch(records, ...))``."""
+    return _FRAME.size + _BATCH.size + 4 * len(records) + sum(map(len, records))
+
+
 @dataclass(frozen=True)
 class BatchRef:
     """Where a batch is: its segment's file name and the byte offset of its frame."""
@@ -177,6 +218,10 @@ def decode_batch(payload: bytes, ref: BatchRef) -> SpooledBatch:
     return SpooledBatch(ref, records, _EPOCH + micros * _US, first)
 
 
+class UnknownFormat(Exception):
+    """A segment written in a format this version cannot read (never read as another)."""
+
+
 @dataclass
 class SegmentMeta:
     """The first frame of a segment: what replaying it needs to know."""
@@ -194,6 +239,8 @@ class SegmentMeta:
     @classmethod
     def decode(cls, payload: bytes) -> SegmentMeta:
         data: dict[str, Any] = json.loads(payload)
+        if data.get("format") != FORMAT:
+            raise UnknownFormat(f"its meta frame names format {data.get('format')!r}")
         return cls(
             source=str(data["source"]),
             header_line=data.get("header_line"),
@@ -212,41 +259,72 @@ class SegmentReading:
     meta: SegmentMeta | None = None
     batches: list[SpooledBatch] = field(default_factory=list)
     torn_bytes: int = 0  # an incomplete last write, ignored
-    corrupt_bytes: int = 0  # damaged bytes skipped
+    damage: list[tuple[int, int]] = field(default_factory=list)  # (offset, bytes) unreadable
+    unknown_format: str | None = None  # why: another version wrote it; nothing was read
+    size: int = 0  # bytes in the file
+
+    @property
+    def corrupt_bytes(self) -> int:
+        """Damaged bytes skipped (the torn last write is not counted)."""
+        return sum(size for _offset, size in self.damage)
 
     @property
     def damaged(self) -> bool:
-        return self.meta is None or self.corrupt_bytes > 0
+        """True when the segment is to be moved aside rather than deleted once loaded."""
+        return self.meta is None or bool(self.damage) or self.unknown_format is not None
 
     @property
     def records(self) -> int:
         return sum(len(b.records) for b in self.batches)
 
+    def after_damage(self) -> tuple[int, int]:
+        """(batches, records) read from after the first damaged byte: what resync saved.
+        Records here are the lines that take a position (header lines do not)."""
+        if not self.damage:
+            return 0, 0
+        start = self.damage[0][0]
+        later = [b for b in self.batches if b.ref.offset > start]
+        return len(later), sum(scan_records(b.records)[0] for b in later)
 
-def _header_at(data: bytes, pos: int) -> tuple[str, int, int, int]:
-    """Read a frame header: ('ok', kind, length, crc) | ('torn', ...) | ('bad', ...)."""
-    if pos + _FRAME.size > len(data):
-        return "torn", 0, 0, 0
-    mark, kind, length, crc = _FRAME.unpack_from(data, pos)
-    if mark != _MARK or kind not in (KIND_META, KIND_BATCH) or length > MAX_FRAME:
-        return "bad", 0, 0, 0
-    return "ok", kind, length, crc
+    def missing_positions(self) -> int | None:
+        """Record positions that fall between the intact batches (the records lost to
+        damage between them), or ``None`` when the damage runs to the end of the file
+        (what was after it cannot be counted)."""
+        if self.damage and self.damage[-1][0] + self.damage[-1][1] >= self.size:
+            return None
+        expected = self.meta.first_position if self.meta is not None else None
+        missing = 0
+        for batch in self.batches:
+            if expected is not None:
+                missing += max(0, batch.first_position - expected)
+            expected = batch.first_position + scan_records(batch.records)[0]
+        return missing
+
+
+_PREFIX = MAGIC[:-1]  # "PMTASPL": the last byte is the format version
 
 
 def _frame_at(data: bytes, pos: int) -> tuple[str, int, bytes, int]:
-    """('ok', kind, payload, end) | ('torn', ...) | ('bad', ...)."""
-    status, kind, length, crc = _header_at(data, pos)
-    if status == "torn":
-        return "torn", 0, b"", len(data)
-    if status == "bad":
+    """Check the frame at ``pos``: (status, kind, payload, end), status one of
+
+    * ``ok``: intact (``payload`` holds its bytes, ``end`` is where the next begins);
+    * ``short``: fewer bytes than a frame header are left;
+    * ``past_end``: a plausible header whose payload runs past the end of the file;
+    * ``crc``: a plausible header, a checksum that fails (``end`` per its length);
+    * ``bad``: no frame header here (marker, kind or an absurd length).
+    """
+    if pos + _FRAME.size > len(data):
+        return "short", 0, b"", len(data)
+    mark, kind, length, crc = _FRAME.unpack_from(data, pos)
+    if mark != _MARK or kind not in (KIND_META, KIND_BATCH) or length > MAX_FRAME:
         return "bad", 0, b"", pos
     end = pos + _FRAME.size + length
     if end > len(data):
-        return "torn", 0, b"", len(data)
-    payload = data[pos + _FRAME.size : end]
-    if zlib.crc32(payload, zlib.crc32(_KL.pack(kind, length))) != crc:
-        return ("torn" if end == len(data) else "bad"), 0, b"", end
-    return "ok", kind, payload, end
+        return "past_end", 0, b"", end
+    view = memoryview(data)[pos + _FRAME.size : end]
+    if zlib.crc32(view, zlib.crc32(_KL.pack(kind, length))) != crc:
+        return "crc", 0, b"", end
+    return "ok", kind, bytes(view), end
 
 
 def _resync(data: bytes, pos: int) -> int | None:
@@ -259,17 +337,30 @@ def _resync(data: bytes, pos: int) -> int | None:
     return None
 
 
+def _is_torn(data: bytes, pos: int, status: str, end: int) -> bool:
+    """Whether the bad bytes from ``pos`` to the end of the file (no intact frame after
+    them) are what an interrupted append leaves: a prefix of a frame, then maybe zeros."""
+    if status in ("short", "past_end"):
+        return True  # the header, or the payload, runs past the end of the file
+    if status == "crc" and not data[end:].strip(b"\0"):
+        return True  # the payload ends exactly at the end (or zeros follow): not all written
+    return not data[pos:].strip(b"\0")  # a zero-filled tail: the file grew, the data never came
+
+
 def parse_segment(data: bytes, name: str) -> SegmentReading:
     """Decode a segment's bytes, applying the recovery rules of the module docstring."""
-    out = SegmentReading(name)
+    out = SegmentReading(name, size=len(data))
     if data.startswith(MAGIC):
         pos = len(MAGIC)
+    elif data.startswith(_PREFIX) and len(data) >= len(MAGIC):
+        out.unknown_format = f"its magic is {data[: len(MAGIC)].decode('ascii', 'replace')!r}"
+        return out
     else:
         if not data.strip(b"\0"):
             out.torn_bytes = len(data)  # created, never written: nothing in it
             return out
         nxt = _resync(data, 0)
-        out.corrupt_bytes += len(data) if nxt is None else nxt
+        out.damage.append((0, len(data) if nxt is None else nxt))
         if nxt is None:
             return out
         pos = nxt
@@ -283,20 +374,22 @@ def parse_segment(data: bytes, name: str) -> SegmentReading:
                 elif kind == KIND_BATCH:
                     out.batches.append(decode_batch(payload, BatchRef(name, pos)))
                 else:
-                    out.corrupt_bytes += end - pos  # a meta frame out of place
+                    out.damage.append((pos, end - pos))  # a meta frame out of place
+            except UnknownFormat as exc:
+                out.unknown_format = str(exc)
+                return out
             except (ValueError, KeyError, TypeError, struct.error):
-                out.corrupt_bytes += end - pos  # checksum fine, content not: a bug or a forgery
+                out.damage.append((pos, end - pos))  # checksum fine, content not: a bug
             first = False
             pos = end
             continue
-        if status == "torn" or not data[pos:].strip(b"\0"):
-            out.torn_bytes = len(data) - pos
-            break
         nxt = _resync(data, pos)
-        if nxt is None:
-            out.corrupt_bytes += len(data) - pos
+        if nxt is None and _is_torn(data, pos, status, end):
+            out.torn_bytes = len(data) - pos  # only the last frame can be a torn write
             break
-        out.corrupt_bytes += nxt - pos
+        out.damage.append((pos, (len(data) if nxt is None else nxt) - pos))
+        if nxt is None:
+            break
         first = False
         pos = nxt
     return out
@@ -316,9 +409,20 @@ def read_segment(path: Path, fd: int | None = None) -> SegmentReading:
 
 
 def prepare_folder(folder: Path) -> Path:
-    """Create the spool folder (0700) if needed and check that it can be written."""
+    """Create the spool folder (0700) if needed and check that it can be written.
+
+    Missing folders above it are created 0755 at most (the umask may take more away),
+    never group- or world-writable whatever the umask."""
     try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        missing = []
+        parent = folder.absolute().parent
+        while not parent.exists():
+            missing.append(parent)
+            parent = parent.parent
+        for path in reversed(missing):
+            with contextlib.suppress(FileExistsError):  # another process made it meanwhile
+                path.mkdir(mode=0o755)
+        folder.mkdir(mode=0o700, exist_ok=True)
         st = folder.stat()
         if st.st_uid == os.geteuid() and st.st_mode & 0o077:
             folder.chmod(0o700)
@@ -426,9 +530,11 @@ def count_records(path: Path) -> tuple[int, int, datetime | None]:
                 return 0, 0, None
             while True:
                 head = fh.read(_FRAME.size)
-                status, kind, length, _crc = _header_at(head, 0)
-                if status != "ok":
+                if len(head) < _FRAME.size:
                     break
+                mark, kind, length, _crc = _FRAME.unpack(head)
+                if mark != _MARK or kind not in (KIND_META, KIND_BATCH) or length > MAX_FRAME:
+                    break  # damage: what follows is counted once replay has read it
                 if kind == KIND_BATCH:
                     body = fh.read(_BATCH.size)
                     if len(body) < _BATCH.size:
@@ -446,12 +552,42 @@ def count_records(path: Path) -> tuple[int, int, datetime | None]:
     return batches, records, first
 
 
-def move_aside(path: Path, why: str) -> None:
-    """Rename a damaged segment to ``*.corrupt`` so it is never loaded again."""
+def move_aside(path: Path) -> Path | None:
+    """Rename a damaged segment to ``*.corrupt`` so it is never loaded again; return the
+    new path (``None``: it was gone). ``status`` reports it until someone deletes it."""
     target = path.with_name(path.name + CORRUPT_SUFFIX)
-    with contextlib.suppress(FileNotFoundError):
+    try:
         os.rename(path, target)
-        log.warning("spool segment %s is damaged (%s): moved aside to %s", path.name, why, target)
+    except FileNotFoundError:
+        return None
+    with contextlib.suppress(OSError):
+        fsync_folder(path.parent)
+    return target
+
+
+def describe_damage(r: SegmentReading) -> str:
+    """The counts an operator needs about a damaged segment, in one sentence."""
+    parts = []
+    if r.damage:
+        parts.append(
+            f"{r.corrupt_bytes} bytes unreadable in {len(r.damage)} place(s), the first at"
+            f" byte {r.damage[0][0]} of {r.size}"
+        )
+    if r.meta is None:
+        parts.append("no valid meta frame (its batches were loaded with the default header"
+                     " and the loading process's source)")  # fmt: skip
+    after_batches, after_records = r.after_damage()
+    loaded = sum(scan_records(b.records)[0] for b in r.batches)  # header lines not counted
+    parts.append(
+        f"{len(r.batches)} intact batches ({loaded} records) were loaded, {after_batches}"
+        f" of them ({after_records} records) found after the damage"
+    )
+    missing = r.missing_positions()
+    if missing is None:
+        parts.append("the records in the unreadable bytes cannot be counted")
+    else:
+        parts.append(f"{missing} records are missing between the intact batches")
+    return "; ".join(parts)
 
 
 # -- the consumer: orphaned segments ----------------------------------------------------
@@ -481,9 +617,17 @@ class ClaimedSegment:
         if r.torn_bytes:
             log.info("spool segment %s: ignored an incomplete last write (%d bytes, never "
                      "durable)", r.name, r.torn_bytes)  # fmt: skip
-        if r.damaged:
-            why = "no valid meta frame" if r.meta is None else f"{r.corrupt_bytes} bytes unreadable"
-            move_aside(self.path, f"{why}; {r.records} records in intact batches were loaded")
+        if r.unknown_format is not None:
+            target = move_aside(self.path)
+            log.error(
+                "spool segment %s was written in a format this pmta-pipe cannot read (%s):"
+                " nothing was loaded from it; moved aside to %s (replay it with the pmta-pipe"
+                " version that wrote it, then delete it)", r.name, r.unknown_format, target,
+            )  # fmt: skip
+        elif r.damaged:
+            target = move_aside(self.path)
+            log.warning("spool segment %s is damaged: %s; moved aside to %s (look at it, then"
+                        " delete it)", r.name, describe_damage(r), target)  # fmt: skip
         else:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
@@ -534,9 +678,22 @@ class Backlog:
     records: int = 0
     bytes: int = 0
     oldest: datetime | None = None
-    corrupt_files: list[str] = field(default_factory=list)
+    corrupt_files: list[str] = field(default_factory=list)  # every *.corrupt file
+    unknown_format_files: list[str] = field(default_factory=list)  # those another version wrote
     stray_files: list[str] = field(default_factory=list)
     faults: list[dict[str, Any]] = field(default_factory=list)  # setup faults of live processes
+
+
+def unknown_format(path: Path) -> str | None:
+    """Why the file was written in a format this version cannot read, from its magic and
+    meta frame only; ``None`` when it is this format (or damaged past telling)."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(len(MAGIC) + _FRAME.size + 65536)  # a meta frame is small
+    except OSError:
+        return None
+    reading = parse_segment(head, path.name)
+    return reading.unknown_format if reading.meta is None else None
 
 
 def backlog(folder: Path) -> Backlog:
@@ -555,6 +712,8 @@ def backlog(folder: Path) -> Backlog:
                 out.orphaned_segments += 1
         elif f.kind == "corrupt":
             out.corrupt_files.append(f.name)
+            if unknown_format(f.path) is not None:
+                out.unknown_format_files.append(f.name)
         elif f.kind == "stray":
             out.stray_files.append(f.name)
         elif f.kind == "fault" and is_locked(f.path):
@@ -638,16 +797,39 @@ class SpoolWriter:
 
     # -- appending (reader thread) --------------------------------------------
     def append(self, records: list[bytes], received_at: datetime) -> SpooledBatch:
-        """Journal one batch durably; return it with its place in the spool."""
+        """Journal one batch durably, whatever the limit; return it with its place."""
+        batch = self._append(records, received_at, within_limit=False)
+        assert batch is not None
+        return batch
+
+    def try_append(self, records: list[bytes], received_at: datetime) -> SpooledBatch | None:
+        """Journal one batch durably if the folder has room for all the bytes it adds (its
+        frame, and a new segment's head when one is due); ``None``: no room, nothing written.
+
+        One batch larger than the whole limit is written when the folder holds no segment
+        (else it could never be written)."""
+        return self._append(records, received_at, within_limit=True)
+
+    def _append(
+        self, records: list[bytes], received_at: datetime, *, within_limit: bool
+    ) -> SpooledBatch | None:
         positioned, header = scan_records(records)
         with self._lock:
             seg = self._active
-            if (
+            rotate = (
                 seg is None
                 or seg.size >= self.segment_bytes
                 or time.monotonic() - seg.created >= self.segment_seconds
-            ):
-                seg = self._rotate()
+            )
+            head = self._head() if rotate else b""
+            if within_limit:
+                adds = len(head) + batch_frame_bytes(records)
+                held = self._folder_bytes_locked()
+                if held and held + adds > self.max_bytes:
+                    return None
+            if rotate:
+                seg = self._rotate(head)
+            assert seg is not None
             first = self.next_position
             frame = encode_frame(KIND_BATCH, encode_batch(records, received_at, first))
             offset = seg.size
@@ -670,7 +852,15 @@ class SpoolWriter:
             self._folder_bytes += len(frame)
         return SpooledBatch(BatchRef(seg.name, offset), records, received_at, first)
 
-    def _rotate(self) -> _Owned:
+    def _head(self) -> bytes:
+        """The first bytes of a new segment: MAGIC and the meta frame."""
+        meta = SegmentMeta(
+            self.source, self.header_line, self.next_position, self.pid, self.host,
+            datetime.now(timezone.utc).isoformat(),
+        )  # fmt: skip
+        return MAGIC + encode_frame(KIND_META, meta.encode())
+
+    def _rotate(self, head: bytes) -> _Owned:
         self._close_active()
         name = f"{self.started_us:016d}-{self.pid}-{self._seq:06d}.seg"
         self._seq += 1
@@ -678,11 +868,6 @@ class SpoolWriter:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            meta = SegmentMeta(
-                self.source, self.header_line, self.next_position, self.pid, self.host,
-                datetime.now(timezone.utc).isoformat(),
-            )  # fmt: skip
-            head = MAGIC + encode_frame(KIND_META, meta.encode())
             _write_all(fd, head)
             os.fsync(fd)
             os.rename(tmp, self.folder / name)
@@ -716,16 +901,18 @@ class SpoolWriter:
     def folder_bytes(self) -> int:
         """Bytes of all segments in the folder (every process), rescanned each second."""
         with self._lock:
-            now = time.monotonic()
-            if now - self._scanned_at >= 1.0:
-                self._folder_bytes = sum(
-                    f.size for f in list_files(self.folder) if f.kind == "segment"
-                )
-                self._scanned_at = now
-            return self._folder_bytes
+            return self._folder_bytes_locked()
 
-    def has_room(self) -> bool:
-        return self.folder_bytes() < self.max_bytes
+    def _folder_bytes_locked(self) -> int:
+        now = time.monotonic()
+        if now - self._scanned_at >= 1.0:
+            self._folder_bytes = sum(f.size for f in list_files(self.folder) if f.kind == "segment")
+            self._scanned_at = now
+        return self._folder_bytes
+
+    def has_room(self, nbytes: int = 1) -> bool:
+        """Whether ``nbytes`` more fit in the folder under ``max_bytes``."""
+        return self.folder_bytes() + nbytes <= self.max_bytes
 
     # -- loading side ---------------------------------------------------------
     def read_batch(self, ref: BatchRef) -> SpooledBatch:

@@ -12,7 +12,9 @@ text is shown); the spool holds a segment no live process is loading (run
 ``pmta-pipe replay``); the oldest record in the spool is older than
 ``STALE_SECONDS`` (the loader is not keeping up, or the database is away); the spool
 is above ``FULL_FRACTION`` of ``--spool-max-bytes``; a damaged segment was moved
-aside (``*.corrupt``: look at it, then delete it); in the last hour, a source's
+aside (``*.corrupt``: look at it, then delete it), or one written in a format this
+version cannot read (its magic or meta frame names another format: replay it with
+the version that wrote it); in the last hour, a source's
 rejected share of records is above ``--max-reject-share``, or PostgreSQL refused
 any record (a value the parser let through: a bug to report, or a limit). Targets
 are named with ``db.describe``: never with a password.
@@ -98,6 +100,7 @@ def _spool(settings: Settings) -> dict[str, Any]:
         "max_bytes": settings.spool_max_bytes,
         "oldest_age_seconds": round((now - b.oldest).total_seconds(), 1) if b.oldest else None,
         "corrupt_files": b.corrupt_files,
+        "unknown_format_files": b.unknown_format_files,
         "stray_files": b.stray_files,
         "setup_faults": b.faults,
     }
@@ -132,8 +135,22 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         problems.append(f"the oldest record in the spool waits for {age:.0f} s")
     if spool["bytes"] > FULL_FRACTION * spool["max_bytes"]:
         problems.append(f"spool {spool['bytes']} bytes, limit {spool['max_bytes']}")
-    if spool["corrupt_files"]:
-        problems.append(f"{len(spool['corrupt_files'])} damaged spool files moved aside")
+    foreign = spool["unknown_format_files"]
+    damaged = [name for name in spool["corrupt_files"] if name not in foreign]
+    if damaged:
+        problems.append(
+            f"{len(damaged)} damaged spool files moved aside in {spool['folder']}:"
+            f" {', '.join(damaged)} (their intact batches were loaded; the WARNING logged"
+            " when each was moved aside counts what could not be read; look at them, then"
+            " delete them to clear this)"
+        )
+    if foreign:
+        problems.append(
+            f"{len(foreign)} spool files written in a format this pmta-pipe cannot read were"
+            f" moved aside in {spool['folder']}: {', '.join(foreign)} (nothing was loaded from"
+            " them; replay them with the pmta-pipe version that wrote them, renamed without"
+            " '.corrupt', or delete them to clear this)"
+        )
     limit = settings.max_reject_share
     for src in database["sources"]:
         share = src["reject_share_last_hour"]
@@ -182,7 +199,10 @@ def format_text(st: dict[str, Any]) -> str:
         f" {_size(s['max_bytes'])}" + (f", oldest {age:.0f} s old" if age is not None else "")
     )
     for name in s["corrupt_files"]:
-        lines.append(f"  damaged, moved aside: {name}")
+        if name in s["unknown_format_files"]:
+            lines.append(f"  unknown format, moved aside: {name}")
+        else:
+            lines.append(f"  damaged, moved aside: {name}")
     for name in s["stray_files"]:
         lines.append(f"  not a spool file (ignored): {name}")
     for fault in s["setup_faults"]:

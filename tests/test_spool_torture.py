@@ -141,7 +141,8 @@ def run_child(folder: Path, rnd: int, kill_after: int, rng: random.Random) -> li
 
 def read_all(folder: Path) -> tuple[list[SegmentReading], list[SegmentReading]]:
     """(segments, .tmp files) of the folder, each read with ``read_segment``."""
-    segments, tmps = [], []
+    segments: list[SegmentReading] = []
+    tmps: list[SegmentReading] = []
     for f in list_files(folder):
         assert f.kind in ("segment", "tmp"), f"unexpected {f.kind} file {f.name}"
         (segments if f.kind == "segment" else tmps).append(read_segment(f.path))

@@ -296,15 +296,9 @@ def run_ingest(settings: Settings, fd: int = 0) -> IngestResult:
     source = settings.source_name
     spool = SpoolWriter(settings.spool_path, source, max_bytes=settings.spool_max_bytes)
     interrupt = threading.Event()  # set: stop waiting for the database
-    loaders: list[Loader] = []
-
-    def give_up() -> None:  # --drain-timeout after end of input: bounded even when blocked
-        interrupt.set()
-        for each in loaders:
-            each.cancel()
 
     def at_end() -> None:
-        timer = threading.Timer(settings.drain_timeout, give_up)
+        timer = threading.Timer(settings.drain_timeout, interrupt.set)
         timer.daemon = True
         timer.start()
 
@@ -330,9 +324,7 @@ def run_ingest(settings: Settings, fd: int = 0) -> IngestResult:
             target.conninfo, migrate=True, interrupt=interrupt, max_wait=RETRY_WAIT_MAX,
             hold_setup_faults=True, on_fault=lambda n: spool.report_fault(_fault_note(n)),
         )  # fmt: skip
-        loaders.append(loader)
-        # connect first: the schema is made (migrated) even for a stream of header lines
-        pipeline = Pipeline(loader, source, depth=LOAD_DEPTH, connect_first=True)
+        pipeline = Pipeline(loader, source, depth=LOAD_DEPTH)
         submit_orphans(spool.folder, pipeline, source, recovery)
         next_scan = time.monotonic() + RECOVER_SECONDS
         while True:

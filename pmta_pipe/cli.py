@@ -13,6 +13,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from datetime import date
 from typing import Any, NoReturn
 
 import psycopg
@@ -49,6 +50,13 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"error: {message} (hint: run '{self.prog} --help')\n")
         raise SystemExit(2)
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a day as YYYY-MM-DD, got {text!r}") from None
 
 
 def _typed(name: str) -> Callable[[str], Any]:
@@ -125,11 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", help="drop raw-event partitions older than N days")
     _add_options(p, COMMON)
-    p.add_argument("--keep-days", type=int, required=True, metavar="N",
-                   help="keep raw events of the last N days")  # fmt: skip
+    p.add_argument("--keep-days", type=int, metavar="N",
+                   help="keep raw events of the last N days (needed unless --reopen)")  # fmt: skip
     p.add_argument("--keep-rollup-days", type=int, default=730, metavar="M",
                    help="keep report rollups of the last M days (default 730)")  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="show what would be dropped")
+    p.add_argument("--reopen", type=_day, metavar="DAY", action="append",
+                   help="unseal a pruned UTC day (YYYY-MM-DD) and delete its rollups, so that"
+                   " importing its records again rebuilds them; repeatable")  # fmt: skip
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("migrate", help="create or upgrade the pmta schema")
@@ -268,8 +279,20 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
-    from pmta_pipe.prune import format_result, prune
+    from pmta_pipe.prune import format_result, prune, reopen_day
 
+    if args.reopen:
+        if args.keep_days is not None or args.dry_run:
+            raise ConfigError("--reopen goes alone", "run 'pmta-pipe prune --reopen DAY' apart")
+        for day in args.reopen:
+            r = reopen_day(settings, day)
+            rows = sum(r.rollups_deleted.values())
+            state = "reopened" if r.was_sealed else "was not sealed; reopened anyway"
+            print(f"{day.isoformat()}: {state}: {rows} rollup rows deleted; import its"
+                  " accounting files again to rebuild its reports")  # fmt: skip
+        return EX_OK
+    if args.keep_days is None:
+        raise ConfigError("prune needs --keep-days N", "e.g. pmta-pipe prune --keep-days 90")
     if args.keep_days < 1 or args.keep_rollup_days < 1:
         raise ConfigError("--keep-days and --keep-rollup-days must be at least 1")
     result = prune(

@@ -4,6 +4,8 @@
 
 1. (before it, in a short transaction of its own) creates the daily partitions the
    batch needs (``pmta.ensure_partitions``), so that loaders never hold partition locks;
+   a day ``prune`` sealed (``pmta.pruned_days``) gets none, and the batch's records of
+   it are counted as duplicates, not loaded (its rollups count them already);
 2. inserts the rows into ``pmta.events``, one of two ways, each inside a savepoint:
 
    * fast way (new records, the usual case): ``COPY`` straight into ``pmta.events``.
@@ -59,7 +61,7 @@ import psycopg
 import tenacity
 from psycopg import errors as pg_errors
 
-from pmta_pipe import db, faults, rollups
+from pmta_pipe import db, faults, rollups, values
 from pmta_pipe.errors import DatabaseUnavailable, SetupFault, first_line
 from pmta_pipe.faults import Fault
 from pmta_pipe.fields import EVENT_COLUMNS
@@ -88,6 +90,7 @@ _UPSERT = f"""
     ON CONFLICT DO NOTHING
     RETURNING record_id
 """
+_SEALED = "SELECT day FROM pmta.pruned_days WHERE day = ANY(%s::date[])"
 _REJECT = """
     INSERT INTO pmta.rejects
         (reject_id, source, reason, raw_line, position, header_line, received_at, stage, sqlstate)
@@ -232,7 +235,9 @@ class Loader:
         self.interrupt = interrupt
         self.hold_setup_faults = hold_setup_faults
         self._conn: psycopg.Connection[Any] | None = None
-        self._days: set[date] = set()
+        self._in_use: psycopg.Connection[Any] | None = None  # what cancel() cancels
+        self._days: set[date] = set()  # days whose partition exists
+        self._sealed: set[date] = set()  # days pruned (pmta.pruned_days): nothing loads
         self._backoff = _Backoff(on_fault)
         self.fast = True  # try the fast way first (see the module docstring)
 
@@ -241,10 +246,12 @@ class Loader:
         if self._conn is None or self._conn.closed:
             if self.migrate:
                 with db.connect(self.conninfo, autocommit=True) as admin:
+                    self._in_use = admin  # cancel() reaches a migration waiting for a lock
                     if apply_migrations(admin):
                         self._days.clear()
                 self.migrate = False
             conn = db.connect(self.conninfo, autocommit=True)
+            self._in_use = conn
             try:
                 for stmt in _SETUP:
                     conn.execute(stmt)
@@ -259,6 +266,16 @@ class Loader:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+    def cancel(self) -> None:
+        """Cancel the statement in flight, if any (from another thread): with ``interrupt``
+        set, the load then gives up at once instead of waiting for a blocked statement."""
+        conn = self._in_use
+        if conn is None or conn.closed:
+            return
+        cancel = getattr(conn, "cancel_safe", None) or conn.cancel  # cancel_safe: psycopg 3.2
+        with contextlib.suppress(Exception):
+            cancel()
 
     def _drop_connection(self) -> None:
         if self._conn is not None:
@@ -350,12 +367,21 @@ class Loader:
         )
 
     def _ensure_partitions(self, conn: psycopg.Connection[Any], days: set[date]) -> None:
-        missing = sorted(days - self._days)
-        if not missing:
+        """Create the partitions ``days`` need, except for sealed (pruned) days, in a short
+        transaction of its own; a day known sealed is looked up again (it may be reopened)."""
+        missing = sorted(days - self._days - self._sealed)
+        recheck = sorted(days & self._sealed)
+        if not missing and not recheck:
             return
-        conn.execute("SELECT pmta.ensure_partitions(%s::date[])", (missing,))
+        found = conn.execute(_SEALED, ([*missing, *recheck],)).fetchall()
+        sealed = {row[0] for row in found}
+        self._sealed.difference_update(set(recheck) - sealed)  # reopened meanwhile
+        self._sealed.update(sealed)
+        make = [d for d in (*missing, *recheck) if d not in sealed]
+        if make:
+            conn.execute("SELECT pmta.ensure_partitions(%s::date[])", (make,))
         conn.commit()
-        self._days.update(missing)
+        self._days.update(make)
 
     def _load_batch(
         self,
@@ -381,7 +407,13 @@ class Loader:
     ) -> LoadResult:
         conn = self.connection()
         self._ensure_partitions(conn, batch.days)
-        rows = batch.rows
+        rows, raws, positions = batch.rows, batch.raw, batch.positions
+        if batch.days & self._sealed:  # records of pruned days: duplicates, not loaded
+            keep = [j for j, r in enumerate(rows) if not self._is_sealed(r[0])]
+            rows = [rows[j] for j in keep]
+            raws = [raws[j] for j in keep]
+            positions = [positions[j] for j in keep]
+            deltas = None  # counted for every row: count again what is inserted
         result = LoadResult(records=batch.records)
         # one transaction: the savepoints inside (isolation, the fast way) nest in it
         with conn.transaction(), conn.cursor() as cur:
@@ -389,9 +421,7 @@ class Loader:
             refused: list[_Refused] = []
             if rows:
                 whole = deltas if deltas is not None else rollups.Deltas.of(rows)
-                inserted, refused = self._insert_isolating(
-                    conn, cur, rows, batch.raw, batch.positions, whole
-                )
+                inserted, refused = self._insert_isolating(conn, cur, rows, raws, positions, whole)
             parser_rejects = [(r, None) for r in batch.rejects]
             all_rejects = [*parser_rejects, *((x.reject, x.sqlstate) for x in refused)]
             if all_rejects:
@@ -409,10 +439,19 @@ class Loader:
             result.inserted = len(inserted)
             result.rejected = len(all_rejects)
             result.rejected_by_database = len(refused)
-            result.duplicates = len(rows) - len(refused) - len(inserted)
+            result.duplicates = len(batch.rows) - len(refused) - len(inserted)
             if bookkeeping is not None:
                 bookkeeping(conn, result, inserted)
+        for x in refused:  # committed: now they are in pmta.rejects
+            # the server's message may quote the value (an address): it is in
+            # pmta.rejects.reason; the log gets the position and the SQLSTATE only
+            log.warning("record %s refused by the database (SQLSTATE %s): stored in "
+                        "pmta.rejects", x.reject.position, x.sqlstate)  # fmt: skip
         return result
+
+    def _is_sealed(self, time_logged: str) -> bool:
+        parsed = values.parse_time(time_logged)
+        return parsed is not None and parsed[1] in self._sealed
 
     def _insert_isolating(
         self,
@@ -442,10 +481,6 @@ class Loader:
             if not faults.is_record_fault(exc):
                 raise
             if len(rows) == 1:
-                # the server's message may quote the value (an address): it goes to
-                # pmta.rejects.reason, the log gets the position and SQLSTATE only
-                log.warning("record %s refused by the database (SQLSTATE %s); it is stored "
-                            "in pmta.rejects", positions[0], exc.sqlstate)  # fmt: skip
                 reason = f"refused by the database: {first_line(exc)}"
                 return [], [_Refused(Reject(raws[0], reason, positions[0]), exc.sqlstate)]
         half = len(rows) // 2

@@ -7,6 +7,12 @@ row-by-row ``DELETE``, no dead tuples, the disk space is returned at once.
 Partitions are found in the catalog (children of ``pmta.events`` named
 ``events_YYYYMMDD``); nothing else is touched.
 
+Sealing: the transaction that drops a day's partition adds the day to
+``pmta.pruned_days``; the loader counts records of a sealed day as duplicates and
+does not load them, because the day's rollups count them already (a backfill of old
+files would otherwise double the reports). ``reopen_day`` (``--reopen DAY``) unseals
+a day and deletes its rollups in one transaction, for an import that rebuilds it.
+
 Rejects (``pmta.rejects``) follow the raw events: a reject received before the
 cut-off is deleted too (they are raw records, with e-mail addresses).
 
@@ -127,15 +133,29 @@ def plan_prune(
     return plan
 
 
+_SEAL = (
+    "INSERT INTO pmta.pruned_days (day, events) VALUES (%s, %s)"
+    " ON CONFLICT (day) DO UPDATE SET pruned_at = now(),"
+    " events = coalesce(pmta.pruned_days.events, 0) + excluded.events"
+)
+
+
 def _with_lock_timeout(
-    conn: psycopg.Connection[Any], what: str, statement: sql.Composed, params: tuple[Any, ...] = ()
+    conn: psycopg.Connection[Any],
+    what: str,
+    statement: sql.Composed,
+    params: tuple[Any, ...] = (),
+    then: tuple[str, tuple[Any, ...]] | None = None,
 ) -> bool:
-    """Run ``statement`` in its own transaction with a lock timeout; retry; False if busy."""
+    """Run ``statement`` (and ``then``) in a transaction of its own with a lock timeout;
+    retry; False if busy."""
     for attempt in range(1, ATTEMPTS + 1):
         try:
             with conn.transaction():
                 conn.execute(f"SET LOCAL lock_timeout = {int(LOCK_TIMEOUT_MS)}")
                 conn.execute(statement, params or None)
+                if then is not None:
+                    conn.execute(then[0], then[1])
             return True
         except pg_errors.LockNotAvailable:
             log.info("%s: busy (attempt %d of %d)", what, attempt, ATTEMPTS)
@@ -179,9 +199,12 @@ def prune(
         plan = plan_prune(conn, keep_days, keep_rollup_days, today)
         out = PruneResult(plan, dry_run)
         for part in plan.partitions:
+            # the day is sealed in the transaction that drops it: its records, imported
+            # again, are duplicates from then on (its rollups keep counting them)
             ok = dry_run or _with_lock_timeout(
                 conn, f"pmta.{part.name}",
                 sql.SQL("DROP TABLE pmta.{}").format(sql.Identifier(part.name)),
+                then=(_SEAL, (part.day, part.rows)),
             )  # fmt: skip
             (out.dropped if ok else out.busy).append(part)
         cutoff = _midnight(plan.rollups_before)
@@ -221,3 +244,35 @@ def format_result(r: PruneResult) -> str:
         )
     lines.append(f"rejects: {r.plan.rejects} {deleted}")
     return "\n".join(lines)
+
+
+@dataclass
+class ReopenResult:
+    """What ``prune --reopen DAY`` did."""
+
+    day: date
+    was_sealed: bool
+    rollups_deleted: dict[str, int] = field(default_factory=dict)
+
+
+def reopen_day(settings: Settings, day: date) -> ReopenResult:
+    """Unseal ``day`` and delete its rollups, in one transaction, so that importing its
+    records again loads them and rebuilds its rollups exactly (every record of the day
+    must be imported again: what is not, is missing from the day's reports)."""
+    target = db.resolve_target(settings)
+    start = _midnight(day)
+    end = start + timedelta(days=1)
+    with db.connect(target.conninfo, autocommit=True) as conn, conn.transaction():
+        plan_prune(conn, 1, 1, day)  # checks the schema
+        found = conn.execute("DELETE FROM pmta.pruned_days WHERE day = %s RETURNING day", (day,))
+        out = ReopenResult(day, found.fetchone() is not None)
+        for (table,) in conn.execute(_ROLLUPS).fetchall():
+            cur = conn.execute(
+                sql.SQL("DELETE FROM pmta.{} WHERE bucket >= %s AND bucket < %s").format(
+                    sql.Identifier(table)
+                ),
+                (start, end),
+            )
+            out.rollups_deleted[table] = cur.rowcount
+    log.info("reopened %s: its records load again", day.isoformat())
+    return out

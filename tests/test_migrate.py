@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -125,8 +126,14 @@ def test_rollups_count_events_loaded_before_they_existed(
         )
     data = stream(2000, days=2, seed=3)
     parser = RecordParser("old-host")
-    # the loader of schema 1 had no rollups to maintain
+    # the loader of schema 1 had no rollups to maintain, and no pruned days to respect
     monkeypatch.setattr(Loader, "_add_rollups", staticmethod(lambda cur, deltas: None))
+
+    def partitions_only(self: Loader, conn: psycopg.Connection[Any], days: set[Any]) -> None:
+        conn.execute("SELECT pmta.ensure_partitions(%s::date[])", (sorted(days),))
+        conn.commit()
+
+    monkeypatch.setattr(Loader, "_ensure_partitions", partitions_only)
     loader = Loader(empty_dsn)
     loader.load(parser.parse(data.splitlines(), datetime.now(timezone.utc)), parser.header_line)
     loader.close()

@@ -117,16 +117,57 @@ def test_busy_table_is_skipped_not_waited_for(
     assert partitions(conn) == names(recent, 2)
 
 
-def test_loading_into_a_pruned_day_recreates_its_partition(
-    dsn: str, conn: Conn, loaded: tuple[date, date], tmp_path: Path
+ROLLUPS = ("rollup_daily", "rollup_hourly", "rollup_diag", "rollup_delivery_time")
+
+
+def rollup_rows(conn: Conn) -> dict[str, list[tuple[object, ...]]]:
+    return {
+        t: sorted(conn.execute(f"SELECT * FROM pmta.{t}").fetchall(), key=repr) for t in ROLLUPS
+    }
+
+
+def test_a_pruned_day_is_sealed_until_reopened_then_rebuilt_exactly(
+    dsn: str, conn: Conn, loaded: tuple[date, date], tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
+    old, recent = loaded
+    before = rollup_rows(conn)
     run_prune(Settings(dsn=dsn), keep_days=30, keep_rollup_days=730, dry_run=False)
+    sealed = [r[0] for r in conn.execute("SELECT day FROM pmta.pruned_days ORDER BY 1")]
+    assert sealed == [old + timedelta(days=k) for k in range(5)]
+    assert count(conn, "SELECT sum(events) FROM pmta.pruned_days") == 1000
     settings = Settings(dsn=dsn, source="test-host")
+    again = import_files(
+        settings, [str(tmp_path / "acct-old.csv")], force=True, progress=LogProgress(0, 0)
+    )  # the routine backfill of /var/log/pmta/*: nothing is loaded twice
+    assert (again.totals().inserted, again.totals().duplicates) == (0, 1000)
+    assert partitions(conn) == names(recent, 2)  # no partition made again
+    assert rollup_rows(conn) == before  # the reports count each record once
+    assert count(conn, "SELECT count(*) FROM pmta.events") == 600
+    # an operator reopens the days: their rollups go, the import rebuilds them exactly
+    days = [d.isoformat() for d in sealed]
+    proc = run_cli(["prune", *(a for d in days for a in ("--reopen", d))], cli_env)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.decode().count(": reopened: ") == 5
+    assert count(conn, "SELECT count(*) FROM pmta.pruned_days") == 0
     summary = import_files(
         settings, [str(tmp_path / "acct-old.csv")], force=True, progress=LogProgress(0, 0)
     )
     assert summary.totals().inserted == 1000
     assert count(conn, "SELECT count(*) FROM pmta.events") == 1600
+    assert rollup_rows(conn) == before
+    assert partitions(conn) == names(old, 5) + names(recent, 2)
+
+
+def test_reopen_is_a_one_line_error_with_other_flags(cli_env: dict[str, str]) -> None:
+    proc = run_cli(["prune", "--reopen", "2026-01-01", "--keep-days", "3"], cli_env)
+    assert proc.returncode == 2
+    assert proc.stderr.decode().startswith("error: --reopen goes alone (hint:")
+    proc = run_cli(["prune", "--reopen", "yesterday"], cli_env)
+    assert proc.returncode == 2
+    assert "expected a day as YYYY-MM-DD" in proc.stderr.decode()
+    proc = run_cli(["prune"], cli_env)
+    assert proc.returncode == 2
+    assert proc.stderr.decode().startswith("error: prune needs --keep-days N (hint:")
 
 
 def test_cli_prune_dry_run(cli_env: dict[str, str], conn: Conn, loaded: tuple[date, date]) -> None:
@@ -154,3 +195,9 @@ def test_reports_outlive_raw_events(cli_env: dict[str, str], conn: Conn) -> None
     assert count(conn, "SELECT count(*) FROM pmta.events") == 0
     assert (conn.execute(totals).fetchone(), conn.execute(domains).fetchone()) == before
     assert before[0] is not None and before[0][0] > 0
+    # the same stream again (a replay, or the parallel file imported): still the same
+    proc = run_cli(["ingest"], cli_env, input=data)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"5000 read = 0 inserted + 5000 duplicates" in proc.stderr
+    assert count(conn, "SELECT count(*) FROM pmta.events") == 0
+    assert (conn.execute(totals).fetchone(), conn.execute(domains).fetchone()) == before

@@ -7,14 +7,35 @@ really gzip and ``acct.csv.gz`` that is really plain text are both read right.
 ``open_records`` stacks three readers over the raw file:
 
 * ``CountingReader`` counts the bytes taken from disk (what a progress bar shows
-  against the file size);
+  against the file size), and stops at a given size (a plain file that PowerMTA
+  is still writing is read as it was when the import planned it);
 * the decompressor of the detected format (standard library, or ``zstandard``);
 * ``LineGuard``, which only ever hands on data up to a line break. When the
   decompressor fails (a truncated or corrupt file), the unterminated rest is dropped
   and the error is kept in ``LineGuard.error`` instead of raised: the records read
   before the damage are loaded, and none of them is a cut-off half record. An
-  unterminated last line at a clean end is handed on, unless the caller asks to
-  hold it back (a file that PowerMTA may still be writing).
+  unterminated last line at a clean end is handed on (``LineGuard.tail`` keeps it,
+  so that the importer can tell whether it is a whole record), unless the caller
+  asks to hold it back (a file that PowerMTA may still be writing).
+
+``verify`` decompresses a whole file to nowhere first, so that a damaged archive is
+known before any of it is loaded. The formats' own checksums decide:
+
+* gzip: CRC-32 and ISIZE (length mod 2**32) at the end of every member;
+* bzip2: the CRC-32 of every block and of the stream;
+* xz: the check of every block (CRC-64 by default; CRC-32, SHA-256, or none when
+  the file was made with ``--check=none``), and the index's sizes;
+* zstd: the content checksum of a frame when the frame has one (``zstd``'s
+  command line writes it by default; python-zstandard and ``--no-check`` do not),
+  else only the frame's structure and, when the header states it, its size.
+
+A file that ends inside a member or frame is ``truncated`` (a cut-off download:
+the importer loads its complete lines and fails the file); any other decoding
+error or checksum mismatch is ``corrupt`` (the importer loads nothing of it). What
+a truncated file holds before the cut cannot be checked (the checksum of the cut
+member is missing), and a zstd frame without a content checksum can decode to
+wrong bytes without an error when the damage is in a raw or RLE block or in raw
+literals: there only the structure is checked.
 """
 
 from __future__ import annotations
@@ -24,6 +45,7 @@ import gzip
 import io
 import lzma
 import zlib
+from dataclasses import dataclass
 from typing import BinaryIO, cast
 
 MAGIC: tuple[tuple[str, bytes], ...] = (
@@ -49,18 +71,60 @@ def _decompression_errors() -> tuple[type[BaseException], ...]:
     return (OSError, EOFError, zlib.error, lzma.LZMAError, zstandard.ZstdError)
 
 
-class CountingReader(io.RawIOBase):
-    """Passes reads through, counting the bytes."""
+class _Prefixed(io.RawIOBase):
+    """``head`` (bytes already read from ``raw``), then the rest of ``raw``."""
 
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, head: bytes, raw: BinaryIO) -> None:
+        self.head = head
         self.raw = raw
-        self.count = 0
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if self.head:
+            n = min(len(buffer), len(self.head))
+            buffer[:n] = self.head[:n]
+            self.head = self.head[n:]
+            return n
         data = self.raw.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def sniff(raw: BinaryIO) -> tuple[str, BinaryIO]:
+    """The compression of a stream that cannot seek (a pipe), and a reader of all of it.
+
+    Reads the first ``HEAD_BYTES`` (several reads if a pipe hands them on in pieces);
+    the reader returned gives them again, then the rest of ``raw``.
+    """
+    head = b""
+    while len(head) < HEAD_BYTES:
+        more = raw.read(HEAD_BYTES - len(head))
+        if not more:
+            break
+        head += more
+    return detect(head), cast(BinaryIO, _Prefixed(head, raw))
+
+
+class CountingReader(io.RawIOBase):
+    """Passes reads through, counting the bytes; ends after ``limit`` bytes when given."""
+
+    def __init__(self, raw: BinaryIO, limit: int | None = None) -> None:
+        self.raw = raw
+        self.count = 0
+        self.limit = limit
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        want = len(buffer)
+        if self.limit is not None:
+            want = min(want, self.limit - self.count)
+            if want <= 0:
+                return 0
+        data = self.raw.read(want)
         n = len(data)
         buffer[:n] = data
         self.count += n
@@ -130,6 +194,7 @@ class LineGuard:
         self.error: BaseException | None = None
         self.consumed = 0  # bytes handed on
         self.dropped = 0  # unterminated bytes not handed on (damage or held back)
+        self.tail = b""  # the unterminated last line, when it was handed on
         self._rest = b""
         self._done = False
         # read1: one decompression step at a time, so that damage loses little before it
@@ -149,6 +214,7 @@ class LineGuard:
                     self.dropped = len(rest)
                     return b""
                 self.consumed += len(rest)
+                self.tail = rest
                 return rest
             data = self._rest + chunk if self._rest else chunk
             cut = data.rfind(b"\n") + 1
@@ -160,10 +226,61 @@ class LineGuard:
 
 
 def open_records(
-    raw: BinaryIO, kind: str, *, hold_unterminated_tail: bool = False
+    raw: BinaryIO, kind: str, *, hold_unterminated_tail: bool = False, limit: int | None = None
 ) -> tuple[LineGuard, CountingReader]:
-    """Wrap an open binary file: (reader of whole decompressed lines, counter of raw bytes)."""
-    counter = CountingReader(raw)
+    """Wrap an open binary file: (reader of whole decompressed lines, counter of raw bytes).
+
+    ``limit``: read no more than that many raw bytes.
+    """
+    counter = CountingReader(raw, limit)
     buffered = cast(BinaryIO, io.BufferedReader(counter, 1 << 18))
     inner = decompressor(buffered, kind)
     return LineGuard(inner, hold_unterminated_tail=hold_unterminated_tail), counter
+
+
+@dataclass(frozen=True)
+class Check:
+    """What decompressing a whole file to nowhere found."""
+
+    state: str  # "ok", "truncated", "corrupt" or "unreadable" (the disk failed)
+    message: str = ""
+    decompressed: int = 0  # bytes decoded before the end or the damage
+    checksummed: bool = True  # False: a zstd frame without a content checksum
+
+
+def zstd_checksummed(head: bytes) -> bool:
+    """Whether the zstd frame starting ``head`` carries a content checksum."""
+    import zstandard
+
+    try:
+        return bool(zstandard.get_frame_parameters(head).has_checksum)
+    except zstandard.ZstdError:
+        return True  # not a readable frame header: decoding it will say what is wrong
+
+
+def verify(raw: BinaryIO, kind: str, *, chunk: int = 1 << 20) -> Check:
+    """Decompress all of ``raw`` (a ``kind`` file at its start) to nowhere.
+
+    Truncation (the data ends inside a member or frame) and corruption (a checksum
+    that does not match, data the format cannot decode) are told apart; see the
+    module docstring for what each format checks.
+    """
+    head = raw.read(32)
+    checksummed = kind != "zstd" or zstd_checksummed(head)
+    inner = decompressor(cast(BinaryIO, io.BufferedReader(_Prefixed(head, raw), 1 << 18)), kind)
+    read = getattr(inner, "read1", inner.read)
+    done = 0
+    try:
+        while True:
+            data = read(chunk)
+            if not data:
+                return Check("ok", decompressed=done, checksummed=checksummed)
+            done += len(data)
+    except EOFError as exc:
+        return Check("truncated", str(exc), done, checksummed)
+    except OSError as exc:
+        if exc.errno is not None:  # the disk, not the data
+            return Check("unreadable", exc.strerror or str(exc), done, checksummed)
+        return Check("corrupt", str(exc), done, checksummed)
+    except _decompression_errors() as exc:
+        return Check("corrupt", str(exc) or type(exc).__name__, done, checksummed)

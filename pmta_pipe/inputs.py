@@ -10,9 +10,22 @@
   glob that matches nothing stops the run before anything is read: a typo should
   not look like an empty import.
 * ``-`` is standard input (no ledger entry: there is no file to remember).
+* A *stream* is read once, from its first byte to its end, and has no ledger entry
+  either, exactly like ``-``: standard input, and every path that ``os.stat`` does
+  not call a regular file (a FIFO, ``<(zcat acct.csv.gz)``, a character device) or
+  that names a descriptor (``/dev/stdin``, ``/dev/fd/N``, ``/proc/self/fd/N``, even
+  when it leads to a regular file). Its bytes cannot be read twice: the planner does
+  not open it (a FIFO would lose its head to the fingerprint, or wait for a second
+  writer when opened again), the importer opens it once and recognises the
+  compression on the way. A stream has no identity to remember across runs
+  (``/dev/fd/63`` is another pipe every time), so there is nothing to skip or read on
+  from; loading it twice adds nothing, as for any input. Records without any
+  timestamp get the time of the import.
+* A folder never yields a stream: only regular files in it are looked at (a FIFO in
+  a folder is neither opened nor read).
 
-``plan_file`` reads a file's first 64 KiB (fingerprint and compression) and its
-ledger row (``ledger``) and decides: read from the start, resume, or skip.
+``plan_file`` reads a regular file's first 64 KiB (fingerprint and compression) and
+its ledger row (``ledger``) and decides: read from the start, resume, or skip.
 """
 
 from __future__ import annotations
@@ -21,7 +34,7 @@ import fnmatch
 import glob
 import hashlib
 import os
-import sys
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -37,6 +50,8 @@ from pmta_pipe.framing import is_header_record
 STDIN = "-"
 NAME_PATTERNS = ("acct*", "*.csv", "*.csv.*")
 _GLOB_CHARS = frozenset("*?[")
+#: paths that name a descriptor of this process, whatever it leads to: read as streams
+DESCRIPTOR_PATHS = ("/dev/stdin", "/dev/fd/", "/proc/self/fd/", "/proc/thread-self/fd/")
 
 
 @dataclass
@@ -50,6 +65,7 @@ class FilePlan:
     fingerprint: str = ""
     fingerprint_bytes: int = 0
     action: str = "read"  # read (from the start), resume, skip, fail
+    stream: bool = False  # read once, from the start, no ledger entry (see the docstring)
     seek_to: int = 0  # resume: decompressed byte offset (plain files only)
     skip_records: int = 0  # resume: records already committed, to pass over
     records_read: int = 0  # resume: what the ledger counted so far
@@ -59,7 +75,12 @@ class FilePlan:
 
     @property
     def ledgered(self) -> bool:
-        return self.name != STDIN
+        return not self.stream
+
+
+def names_descriptor(name: str) -> bool:
+    """True for ``-`` and paths such as ``/dev/stdin`` and ``/dev/fd/63``."""
+    return name == STDIN or name.startswith(DESCRIPTOR_PATHS)
 
 
 # -- which files -----------------------------------------------------------------
@@ -136,15 +157,23 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _stream_plan(name: str) -> FilePlan:
+    """A stream: read once when its turn comes; compression recognised then."""
+    return FilePlan(name, mtime=datetime.now(timezone.utc), stream=True)
+
+
 def plan_file(conn: psycopg.Connection[Any] | None, name: str, *, force: bool) -> FilePlan:
-    """Read a file's first 64 KiB and its ledger row, and decide what to do."""
+    """Read a regular file's first 64 KiB and its ledger row, and decide what to do.
+
+    A stream (see the module docstring) is not opened here.
+    """
+    if names_descriptor(name):
+        return _stream_plan(name)
     plan = FilePlan(name)
-    if name == STDIN:
-        plan.mtime = datetime.now(timezone.utc)
-        plan.kind = compression.detect(cast(Any, sys.stdin.buffer).peek(compression.HEAD_BYTES))
-        return plan
     try:
         st = os.stat(name)
+        if not stat.S_ISREG(st.st_mode):
+            return _stream_plan(name)
         with open(name, "rb") as f:
             head = f.read(ledger.FINGERPRINT_BYTES)
     except OSError as exc:
@@ -175,10 +204,15 @@ def plan_file(conn: psycopg.Connection[Any] | None, name: str, *, force: bool) -
     plan.action = "resume"
     plan.records_read = row.records_read
     plan.next_position = row.records + 1
-    if row.completed and plan.kind == "plain" and row.bytes_done is not None:
+    if plan.kind == "plain" and row.bytes_done is not None:
+        # bytes_done is set when reading ended at a record boundary: the end of a
+        # completed file, or the start of a last record that was left for later
         plan.seek_to = row.bytes_done
         plan.header_line = row.header_line
-        plan.note = f"grown by {st.st_size - row.size} bytes: reading the rest"
+        if row.completed:
+            plan.note = f"grown by {st.st_size - row.size} bytes: reading the rest"
+        else:
+            plan.note = f"reading on from byte {row.bytes_done} (the last record was not complete)"
     else:
         plan.skip_records = row.records_read
         plan.note = f"resuming after {row.records_read} records"

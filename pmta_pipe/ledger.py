@@ -10,11 +10,20 @@ tells, without reading the file again:
 * interrupted (not completed): read on after the records already committed;
 * replaced (fingerprint differs): read from the start.
 
+``bytes_done`` is where a plain file's next read may seek to, always a record
+boundary: the end of a completed file, or the start of a last record that reading
+left for later (a line PowerMTA was still writing: the row stays not completed; a
+torn last line of an old file that was rejected: completed). It is NULL while a
+file is being read and after a failure (a re-run then passes over the
+``records_read`` records already committed instead).
+
 Progress (``records_read`` and the counters) is written by ``record_progress``
-inside each batch's own transaction (``Loader``'s ``after_load`` hook), so the
-ledger never claims a record the database does not hold. Everything the ledger
-decides is an optimisation: loading is idempotent, so a wrong guess costs time,
-never a duplicate.
+inside each batch's own transaction (``pipeline.Receipt.in_transaction``), so the
+ledger never claims a record the database does not hold. A torn last line that was
+rejected is not counted (it is read again, whole, once the file has grown), so
+``records`` is where the next read's record positions go on from. Everything the
+ledger decides is an optimisation: loading is idempotent, so a wrong guess costs
+time, never a duplicate.
 """
 
 from __future__ import annotations
@@ -132,10 +141,10 @@ def finish_file(
     bytes_done: int | None,
     error: str | None,
 ) -> None:
-    """Record how reading a file ended."""
+    """Record how reading a file ended; ``bytes_done``: see the module docstring."""
     conn.execute(
         "UPDATE pmta.import_files SET records_read = greatest(records_read, %s),"
         " header_line = coalesce(%s, header_line), completed = %s, bytes_done = %s,"
         " error = %s, updated_at = now(), finished_at = now() WHERE path = %s",
-        (records_read, header_line, completed, bytes_done if completed else None, error, path),
+        (records_read, header_line, completed, bytes_done, error, path),
     )

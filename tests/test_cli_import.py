@@ -145,14 +145,14 @@ def test_unreadable_and_truncated_files_fail_alone(
         "SELECT completed, error FROM pmta.import_files WHERE path LIKE '%damaged%'"
     ).fetchone()
     assert row is not None and row[0] is False
-    assert str(row[1]).startswith("damaged gzip data: Compressed file ended")
+    assert str(row[1]).startswith("truncated gzip data: Compressed file ended")
 
     # the text summary names every failed file; the log says why, one line each
     proc = run_cli(["import", str(tmp_path)], cli_env)
     assert proc.returncode == 1
     out = proc.stdout.decode()
     assert "files: 3 (0 imported, 1 skipped, 0 partial, 2 failed)" in out
-    assert f"failed: {damaged}: damaged gzip data" in out
+    assert f"failed: {damaged}: truncated gzip data" in out
     assert f"failed: {unreadable}: cannot read" in out
     assert "Traceback" not in proc.stderr.decode()
 

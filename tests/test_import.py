@@ -5,6 +5,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import lzma
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def events(conn: Conn) -> int:
 
 
 def test_every_compression_is_recognised_by_content(dsn: str, conn: Conn, tmp_path: Path) -> None:
-    files = {
+    files: dict[str, Callable[[bytes], bytes]] = {
         "plain.csv": lambda d: d,
         "gzip-named-csv.csv": gzip.compress,  # misleading name: gzip inside
         "b.csv.bz2": bz2.compress,

@@ -6,11 +6,21 @@ Writes two generated accounting files of RECORDS records each, imports both into
 scratch database with ``jobs=1`` (one process: a reader thread parsing, the main
 thread loading) and into another with ``jobs=2`` (one process per file), and prints
 the wall time and records per second of each. Scratch databases are dropped.
+
+``--verify-cost``: instead, what checking a compressed file before loading it costs.
+Writes one file of RECORDS records, compresses it with gzip (level 6, logrotate's),
+bzip2, xz (preset 1, to keep the bench short: decoding speed barely depends on it)
+and zstd (level 3, with a content checksum), times ``compression.verify`` on each
+(decompressing to nowhere, checking the checksums) and one whole import of the gzip
+file (which includes its check), and prints both.
 """
 
 from __future__ import annotations
 
 import argparse
+import bz2
+import gzip
+import lzma
 import sys
 import tempfile
 import time
@@ -25,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import generate
 
+from pmta_pipe import compression
 from pmta_pipe.config import Settings
 from pmta_pipe.importer import import_files
 from pmta_pipe.migrate import apply_migrations
@@ -48,11 +59,44 @@ def timed_import(admin_dsn: str, paths: list[str], jobs: int) -> float:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def verify_cost(admin_dsn: str, records: int) -> None:
+    import zstandard
+
+    compressors = {
+        "gzip": lambda d: gzip.compress(d, compresslevel=6),
+        "bzip2": bz2.compress,
+        "xz": lambda d: lzma.compress(d, preset=1),
+        "zstd": lambda d: zstandard.ZstdCompressor(level=3, write_checksum=True).compress(d),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = Path(tmp) / "acct.csv"
+        with plain.open("w") as f:
+            generate.write(f, records, days=3, seed=1)
+        data = plain.read_bytes()
+        print(f"{records:,} records, {len(data) / 1e6:.0f} MB")
+        for kind, compress in compressors.items():
+            path = Path(tmp) / f"acct.csv.{kind}"
+            path.write_bytes(compress(data))
+            with path.open("rb") as f:
+                started = time.perf_counter()
+                check = compression.verify(f, kind)
+                seconds = time.perf_counter() - started
+            assert check.state == "ok" and check.decompressed == len(data), check
+            print(f"verify {kind}: {path.stat().st_size / 1e6:.0f} MB in {seconds:.2f} s")
+        seconds = timed_import(admin_dsn, [str(Path(tmp) / "acct.csv.gzip")], 1)
+        print(f"import gzip (check included): {seconds:.1f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dsn", required=True, help="a database on the server to measure on")
     ap.add_argument("--records", type=int, default=200_000, help="records per file")
+    ap.add_argument("--verify-cost", action="store_true",
+                    help="measure checking compressed files before loading them")  # fmt: skip
     args = ap.parse_args()
+    if args.verify_cost:
+        verify_cost(args.dsn, args.records)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
         for seed in (1, 2):

@@ -19,7 +19,10 @@
 --                 address-free (see "The reader's views" below), and no other table:
 --                 not pmta.events, pmta.rejects or the rollup tables, which hold
 --                 e-mail addresses, message headers, raw replies and raw accounting
---                 lines (personal data).
+--                 lines (personal data). No TEMPORARY on the database: this file
+--                 revokes it from PUBLIC (the default gives it to every role) and
+--                 leaves it to pmta_writer; grant it again to any other application
+--                 sharing the database that needs temporary tables.
 --   pmta_analyst  pmta_reader plus SELECT on every table and view of schema pmta
 --                 (raw events, rejects, the rollups' raw diagnostic examples, views
 --                 withheld from the reader): for the few people who drill down to
@@ -155,6 +158,11 @@ BEGIN
     EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I, %I, %I',
                    current_database(), reader, analyst, writer);
     EXECUTE format('GRANT TEMPORARY ON DATABASE %I TO %I', current_database(), writer);
+    -- every role has TEMPORARY through PUBLIC by default: a reader (a BI login) could
+    -- then create temporary tables, fill them and use disk. Only the writer keeps it.
+    EXECUTE format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', current_database());
+    EXECUTE format('REVOKE TEMPORARY ON DATABASE %I FROM %I, %I',
+                   current_database(), reader, analyst);
 
     -- schema -------------------------------------------------------------------
     EXECUTE format('GRANT USAGE ON SCHEMA pmta TO %I, %I', reader, writer);

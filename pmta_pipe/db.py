@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pmta_pipe import __version__
 from pmta_pipe.config import LIBPQ_TARGET_VARS, Settings
@@ -71,11 +71,54 @@ def resolve_target(settings: Settings, *, start_embedded: bool = True) -> Target
     return Target(uri, True, f"embedded PostgreSQL in {data_dir}")
 
 
+#: TCP keepalives, so that a connection whose network path broke is noticed within a
+#: minute on this side (libpq parameters; one the DSN sets wins)
+KEEPALIVES = {
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+}
+#: settings of every pmta-pipe session, each applied only where nothing set it before
+#: (its source in pg_settings is "default": a value from the DSN's ``options``,
+#: ``PGOPTIONS``, ``ALTER ROLE/DATABASE … SET`` or postgresql.conf wins). The server
+#: ends a session of ours that a vanished client left idle in a transaction, and
+#: releases its locks, within a minute; its keepalives find a dead client as fast; a
+#: loader waits at most 30 s for a lock, then retries (55P03 is transient).
+SESSION_SETTINGS = {
+    "idle_in_transaction_session_timeout": "60s",
+    "lock_timeout": "30s",
+    "tcp_keepalives_idle": "30",
+    "tcp_keepalives_interval": "10",
+    "tcp_keepalives_count": "3",
+}
+_UNSET = "SELECT name FROM pg_settings WHERE source = 'default' AND name = ANY(%s)"
+
+
+def _keepalives(conninfo: str) -> dict[str, str]:
+    """The keepalive parameters ``conninfo`` does not set."""
+    try:
+        given = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return {}  # connect() reports the DSN's error
+    return {k: v for k, v in KEEPALIVES.items() if k not in given}
+
+
 def connect(conninfo: str, *, autocommit: bool = False, timeout: float = 10) -> psycopg.Connection:
-    """Open a connection named ``pmta-pipe`` in ``pg_stat_activity``."""
-    return psycopg.connect(
-        conninfo,
-        autocommit=autocommit,
+    """Open a connection named ``pmta-pipe`` in ``pg_stat_activity``, with keepalives and
+    the session settings of ``SESSION_SETTINGS`` where nothing else set them."""
+    conn = psycopg.connect(
+        make_conninfo(conninfo, **_keepalives(conninfo)),
+        autocommit=True,
         connect_timeout=max(1, int(timeout)),
         application_name=f"pmta-pipe {__version__}",
     )
+    try:
+        unset = [r[0] for r in conn.execute(_UNSET, (list(SESSION_SETTINGS),)).fetchall()]
+        for name in unset:
+            conn.execute("SELECT set_config(%s, %s, false)", (name, SESSION_SETTINGS[name]))
+        conn.autocommit = autocommit
+    except BaseException:
+        conn.close()
+        raise
+    return conn

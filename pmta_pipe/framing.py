@@ -298,12 +298,20 @@ class ChunkSplitter:
         self._rest = b""
         self._skipping = True
 
-    def finish(self, out: list[bytes]) -> None:
-        """At end of input: hand on the last line (with no line break) and anything pending."""
+    def finish(self, out: list[bytes]) -> bool:
+        """At end of input: hand on the last line (with no line break) and anything pending.
+
+        Returns True when the last record handed on was cut off: it had no line break
+        (or a quote left it open), so the input ended inside it, or may have. The
+        parser then keeps it as an event only if it is provably complete."""
         rest, self._rest = self._rest, b""
         self._skipping = False
+        torn = False
         if rest.strip() or (rest and self._asm.pending):  # not the line after a last break
             self._asm.push(rest, out)
+            torn = True
         last = self._asm.flush()
         if last is not None:
             out.append(last)
+            torn = True
+        return torn

@@ -34,9 +34,10 @@ Damaged archives. A compressed file is first decompressed to nowhere
 (``compression.verify``: gzip CRC-32 and ISIZE, bzip2 block CRCs, the xz check, a zstd
 frame's content checksum when it has one), then loaded. That costs one more
 decompression: on 1,000,000 records, 0.7 s for gzip against 55 s for the whole
-import, 1 % (bzip2, the slowest to decode, 9.7 s; ``docs/operations.md``). A *corrupt* file (a checksum mismatch, data the
-format cannot decode) loads nothing and fails with a note; a *truncated* one (the
-data ends inside a member or frame: a cut-off download) loads the complete records
+import, 1 % (bzip2, the slowest to decode, 9.7 s; ``docs/operations.md``). A
+*corrupt* file (a checksum mismatch, data the format cannot decode) loads nothing
+and fails with a note; a *truncated* one (the data ends inside a member or frame: a
+cut-off download) loads the complete records
 before the cut and fails, as does a file that cannot be read. The ledger keeps
 such a file not completed, with the error, so the intact copy is read in full (a
 truncated one: on from its records already loaded); the other files are imported,
@@ -83,7 +84,7 @@ from typing import Any, BinaryIO, cast
 
 import psycopg
 
-from pmta_pipe import compression, db, ledger
+from pmta_pipe import compression, db, ledger, parse
 from pmta_pipe.config import Settings
 from pmta_pipe.errors import DatabaseUnavailable, PmtaPipeError, SetupFault, first_line
 from pmta_pipe.framing import DEFAULT_MAX_RECORD_BYTES, is_header_record, read_alone
@@ -100,11 +101,12 @@ log = logging.getLogger(__name__)
 HOLD_TAIL_SECONDS = 300.0
 MAX_PENDING_BATCHES = 1
 RETRY_FOR = 120.0  # seconds the database may be away before the import gives up
-#: the reason of a file's last record that the file ended inside (see the docstring)
-TORN = (
-    "torn: the file ended inside this record (no line break or a quote left open, and"
-    " not all of the header's fields); importing the whole record removes this reject"
-)
+#: a record torn off by the end of a file, or of the pipe: one reason for both
+TORN = parse.TORN
+#: a torn text this long, with its type, time and the start of a third field, is
+#: matched by its beginning wherever the whole record comes (a torn pipe record has a
+#: position in the pipe's stream, not in the parallel accounting file)
+_PREFIX_MATCH_BYTES = 32
 
 #: torn rejects of this source by position: [(reject_id, raw text)]
 TornRejects = dict[int, list[tuple[str, str]]]
@@ -259,15 +261,26 @@ def _text_at(out: ParsedBatch, position: int) -> str | None:
 
 def _completions(out: ParsedBatch, torn: TornRejects) -> list[str]:
     """The torn rejects whose whole record ``out`` holds: at their position, a longer
-    text that begins with theirs."""
+    text that begins with theirs; or, for a torn text long enough to name its record
+    (``_PREFIX_MATCH_BYTES``, three fields begun), a longer text anywhere that begins
+    with it."""
     if not out.positions and not out.rejects:
         return []
     found = []
     for position, candidates in torn.items():
         text = _text_at(out, position)
-        if text is not None:
-            found += [i for i, raw in candidates if len(text) > len(raw) and text.startswith(raw)]
+        found += [i for i, raw in candidates if _completed(raw, text, out.raw)]
     return found
+
+
+def _completed(raw: str, at_position: str | None, texts: Sequence[str]) -> bool:
+    """The torn text ``raw`` is the beginning of a longer text: the one at its position,
+    or, when it is long enough to name its record, any of ``texts``."""
+    if at_position is not None and len(at_position) > len(raw) and at_position.startswith(raw):
+        return True
+    if len(raw) < _PREFIX_MATCH_BYTES or raw.count(",") < 2:
+        return False
+    return any(len(t) > len(raw) and t.startswith(raw) for t in texts)
 
 
 def fetch_torn_rejects(conn: psycopg.Connection[Any], source: str) -> TornRejects:

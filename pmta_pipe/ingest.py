@@ -212,9 +212,11 @@ class Journal:
             stopping = self.stopping()
             try:
                 if stopping:  # what was read is journaled, past the limit if need be
-                    batch: SpooledBatch | None = self.spool.append(raw.records, raw.received_at)
+                    batch: SpooledBatch | None = self.spool.append(
+                        raw.records, raw.received_at, raw.torn_last
+                    )
                 else:
-                    batch = self.spool.try_append(raw.records, raw.received_at)
+                    batch = self.spool.try_append(raw.records, raw.received_at, raw.torn_last)
             except OSError as exc:
                 if failing_since is None:
                     failing_since = time.monotonic()
@@ -223,7 +225,9 @@ class Journal:
                 if stopping:
                     # stopping and the disk refuses: load from memory, as without a spool
                     log.error("stopping with %d records not journaled", len(raw.records))
-                    dummy = SpooledBatch(BatchRef("", -1), raw.records, raw.received_at, 0)
+                    dummy = SpooledBatch(
+                        BatchRef("", -1), raw.records, raw.received_at, 0, raw.torn_last
+                    )
                     self.pending.push(dummy, raw.nbytes, durable=False)
                     return None
                 time.sleep(1.0)
@@ -296,9 +300,15 @@ def run_ingest(settings: Settings, fd: int = 0) -> IngestResult:
     source = settings.source_name
     spool = SpoolWriter(settings.spool_path, source, max_bytes=settings.spool_max_bytes)
     interrupt = threading.Event()  # set: stop waiting for the database
+    loaders: list[Loader] = []
+
+    def give_up() -> None:  # --drain-timeout after end of input: bounded even when blocked
+        interrupt.set()
+        for each in loaders:
+            each.cancel()
 
     def at_end() -> None:
-        timer = threading.Timer(settings.drain_timeout, interrupt.set)
+        timer = threading.Timer(settings.drain_timeout, give_up)
         timer.daemon = True
         timer.start()
 
@@ -324,7 +334,9 @@ def run_ingest(settings: Settings, fd: int = 0) -> IngestResult:
             target.conninfo, migrate=True, interrupt=interrupt, max_wait=RETRY_WAIT_MAX,
             hold_setup_faults=True, on_fault=lambda n: spool.report_fault(_fault_note(n)),
         )  # fmt: skip
-        pipeline = Pipeline(loader, source, depth=LOAD_DEPTH)
+        loaders.append(loader)
+        # connect first: the schema is made (migrated) even for a stream of header lines
+        pipeline = Pipeline(loader, source, depth=LOAD_DEPTH, connect_first=True)
         submit_orphans(spool.folder, pipeline, source, recovery)
         next_scan = time.monotonic() + RECOVER_SECONDS
         while True:
@@ -338,8 +350,10 @@ def run_ingest(settings: Settings, fd: int = 0) -> IngestResult:
                     batch = spool.read_batch(item.ref)
                 receipt = _SpoolReceipt(spool, item.ref)
                 pipeline.submit(
-                    Batch(batch.records, batch.received_at, receipt, batch.first_position), parser
-                )
+                    Batch(batch.records, batch.received_at, receipt, batch.first_position,
+                          batch.torn_last),
+                    parser,
+                )  # fmt: skip
             if time.monotonic() >= next_scan:
                 submit_orphans(spool.folder, pipeline, source, recovery)
                 next_scan = time.monotonic() + RECOVER_SECONDS

@@ -63,7 +63,13 @@ from typing import TYPE_CHECKING
 
 from pmta_pipe import values
 from pmta_pipe.fields import DEFAULT_V5_HEADER, KNOWN_FIELDS, KNOWN_INDEX
-from pmta_pipe.framing import DEFAULT_MAX_RECORD_BYTES, header_field
+from pmta_pipe.framing import (
+    DEFAULT_MAX_RECORD_BYTES,
+    count_positions,
+    header_field,
+    is_header_record,
+    read_alone,
+)
 
 if TYPE_CHECKING:
     from _csv import Reader as _CsvReader
@@ -72,6 +78,11 @@ _BOM = "\ufeff"
 _END = ("",)  # read after the last record, see _reader
 #: the reason of a record that opens a quoted field and does not close it
 UNTERMINATED = "unterminated quoted field"
+#: the reason of a last record the input ended inside (see ``RecordParser.parse``)
+TORN = (
+    "torn: the input ended inside this record (no line break, and it cannot be shown whole);"
+    " importing the whole record removes this reject"
+)
 #: the reason of a record of ``DEFAULT_MAX_RECORD_BYTES`` or more (framing cut it there)
 CUT = (
     f"cut at the record limit of {DEFAULT_MAX_RECORD_BYTES} bytes (the first"
@@ -233,12 +244,51 @@ class RecordParser:
         self.next_position = 1
 
     def parse(
-        self, records: Sequence[bytes], received_at: datetime, first_position: int | None = None
+        self,
+        records: Sequence[bytes],
+        received_at: datetime,
+        first_position: int | None = None,
+        *,
+        torn_last: bool = False,
     ) -> ParsedBatch:
         """Parse ``records`` (whole CSV records) received at ``received_at``.
 
         Positions continue from the previous call unless ``first_position`` is given.
+        ``torn_last``: the input ended inside the last record, or may have (it had no
+        line break: PowerMTA stopped mid-write, a signal came). It becomes an event
+        only if it is provably complete: it has every field of its header and its
+        last field is closed, by the carriage return of a CRLF line break or by the
+        closing quote of a quoted field (an unquoted last value may have been cut
+        short). Else it is a reject (``TORN``), which ``rejects retry`` or a later
+        import of the whole record resolves.
         """
+        if torn_last and records and not self._provably_complete(records):
+            out = self._parse(records[:-1], received_at, first_position)
+            out.rejects.append(Reject(_decode(records[-1]), TORN, self.next_position))
+            self.next_position += 1
+            return out
+        return self._parse(records, received_at, first_position)
+
+    def _provably_complete(self, records: Sequence[bytes]) -> bool:
+        last = records[-1]
+        if not last.strip() or is_header_record(last):
+            return True  # not a record: nothing to lose
+        row = read_alone(last)
+        if row is None:
+            return False  # a quote left open at the end: the input ended inside a field
+        _, header = count_positions(records[:-1])
+        width = self.header.width
+        if header is not None:
+            names = read_alone(header)
+            width = len(names) if names is not None else width
+        if len(row) > width:
+            return True  # more fields: rejected as such by the usual rules
+        closed = last.endswith(b"\r") or (last.endswith(b'"') and row[-1] != "")
+        return len(row) == width and closed
+
+    def _parse(
+        self, records: Sequence[bytes], received_at: datetime, first_position: int | None
+    ) -> ParsedBatch:
         out = ParsedBatch(source=self.source)
         texts = list(map(_decode, records))
         if any(map(str.__contains__, texts, repeat("\x00"))):

@@ -90,6 +90,7 @@ class Batch:
     received_at: datetime
     receipt: Receipt
     first_position: int | None = None  # None: go on from the parser's last position
+    torn_last: bool = False  # the input ended inside the last record (``parse`` decides)
 
 
 @dataclass
@@ -144,8 +145,11 @@ def record_batch(
 class Pipeline:
     """Parses batches in the caller's thread and loads them in a thread of its own."""
 
-    def __init__(self, loader: Loader, source: str, *, depth: int = 1) -> None:
+    def __init__(
+        self, loader: Loader, source: str, *, depth: int = 1, connect_first: bool = False
+    ) -> None:
         self.loader = loader
+        self.connect_first = connect_first  # connect (and migrate) before any batch comes
         self.source = source
         self.totals = Totals()
         self.error: BaseException | None = None
@@ -159,7 +163,9 @@ class Pipeline:
     def submit(self, batch: Batch, parser: RecordParser) -> ParsedBatch:
         """Parse ``batch`` with ``parser`` (which follows the input's header lines), count
         its rollups, and queue it; blocks while ``depth`` batches wait already."""
-        parsed = parser.parse(batch.records, batch.received_at, batch.first_position)
+        parsed = parser.parse(
+            batch.records, batch.received_at, batch.first_position, torn_last=batch.torn_last
+        )
         deltas = rollups.Deltas.of(parsed.rows) if parsed.rows else None
         self._put(_Item(batch, parsed, parser.header_line, deltas))
         return parsed
@@ -207,6 +213,12 @@ class Pipeline:
 
     # -- the loader thread ---------------------------------------------------
     def _run(self) -> None:
+        if self.connect_first:
+            try:
+                self.loader.run(self.loader.connection)
+            except BaseException as exc:  # handed to the submitting thread
+                self.error = exc
+                return
         while True:
             try:
                 item = self._queue.get(timeout=_FLUSH_POLL)

@@ -145,17 +145,17 @@ def _with_lock_timeout(
     what: str,
     statement: sql.Composed,
     params: tuple[Any, ...] = (),
-    then: tuple[str, tuple[Any, ...]] | None = None,
+    seal: tuple[date, int] | None = None,
 ) -> bool:
-    """Run ``statement`` (and ``then``) in a transaction of its own with a lock timeout;
-    retry; False if busy."""
+    """Run ``statement`` (and, with ``seal``, seal that day) in a transaction of its own
+    with a lock timeout; retry; False if busy."""
     for attempt in range(1, ATTEMPTS + 1):
         try:
             with conn.transaction():
                 conn.execute(f"SET LOCAL lock_timeout = {int(LOCK_TIMEOUT_MS)}")
                 conn.execute(statement, params or None)
-                if then is not None:
-                    conn.execute(then[0], then[1])
+                if seal is not None:
+                    conn.execute(_SEAL, seal)
             return True
         except pg_errors.LockNotAvailable:
             log.info("%s: busy (attempt %d of %d)", what, attempt, ATTEMPTS)
@@ -204,7 +204,7 @@ def prune(
             ok = dry_run or _with_lock_timeout(
                 conn, f"pmta.{part.name}",
                 sql.SQL("DROP TABLE pmta.{}").format(sql.Identifier(part.name)),
-                then=(_SEAL, (part.day, part.rows)),
+                seal=(part.day, part.rows),
             )  # fmt: skip
             (out.dropped if ok else out.busy).append(part)
         cutoff = _midnight(plan.rollups_before)

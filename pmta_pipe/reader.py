@@ -41,6 +41,7 @@ class RawBatch:
     records: list[bytes]
     received_at: datetime
     nbytes: int = 0
+    torn_last: bool = False  # the input ended inside the last record (see parse)
 
 
 def _now() -> datetime:
@@ -84,9 +85,11 @@ class StreamReader(threading.Thread):
             self.error = exc
             self.sink(None)
 
-    def _emit(self, batch: list[bytes], first_at: datetime, nbytes: int) -> None:
+    def _emit(
+        self, batch: list[bytes], first_at: datetime, nbytes: int, torn_last: bool = False
+    ) -> None:
         self.records += len(batch)
-        self.sink(RawBatch(batch, first_at, nbytes))
+        self.sink(RawBatch(batch, first_at, nbytes, torn_last))
 
     def _run(self) -> None:
         splitter = ChunkSplitter()
@@ -100,7 +103,11 @@ class StreamReader(threading.Thread):
             if ready:
                 chunk = os.read(self.fd, CHUNK)
                 if not chunk:
-                    break  # end of input
+                    # end of input: from here on the run is ending, as on a stop request
+                    # (the last batch is journaled even past a full spool's limit, and
+                    # the drain timeout starts)
+                    self._stop_requested.set()
+                    break
                 self.bytes += len(chunk)
                 nbytes += len(chunk)
                 had = len(batch)
@@ -118,9 +125,9 @@ class StreamReader(threading.Thread):
                 self._emit(batch, first_at, nbytes)
                 batch, nbytes = [], 0
         had = len(batch)
-        splitter.finish(batch)
+        torn = splitter.finish(batch)  # end of input or a stop request, maybe mid-record
         if batch:
-            self._emit(batch, first_at if had else _now(), nbytes)
+            self._emit(batch, first_at if had else _now(), nbytes, torn)
         self.sink(None)
 
 
@@ -146,6 +153,6 @@ def iter_batches(
             yield RawBatch(batch[:batch_rows], stamp, nbytes)
             batch = batch[batch_rows:]
             nbytes = 0
-    splitter.finish(batch)
+    torn = splitter.finish(batch)
     if batch or nbytes:
-        yield RawBatch(batch, stamp, nbytes)
+        yield RawBatch(batch, stamp, nbytes, torn and bool(batch))

@@ -50,7 +50,7 @@ from pmta_pipe.errors import (
 from pmta_pipe.fields import EVENT_COLUMNS
 from pmta_pipe.framing import ChunkSplitter
 from pmta_pipe.load import Loader, LoadResult, reject_id
-from pmta_pipe.parse import ParsedBatch, RecordParser, Reject
+from pmta_pipe.parse import TORN, ParsedBatch, RecordParser, Reject
 from pmta_pipe.pipeline import Receipt, record_batch
 from pmta_pipe.report import parse_when
 from pmta_pipe.table import format_table
@@ -280,7 +280,13 @@ def _parse(row: RejectRow) -> _Retried:
     if row.header_line:
         parser.parse([row.header_line.encode()], row.received_at)
     first = row.position if row.position is not None else 1
-    parsed = parser.parse(split_records(row.raw_line), row.received_at, first_position=first)
+    # a torn record stays torn until someone corrects its text (its reject_id is then no
+    # longer the MD5 of raw_line) or the whole record is loaded: retried as it is, it
+    # would become an event made of its first fields only
+    torn = row.reason == TORN and reject_id(row.raw_line) == row.reject_id.replace("-", "")
+    parsed = parser.parse(
+        split_records(row.raw_line), row.received_at, first_position=first, torn_last=torn
+    )
     return _Retried(row, parsed, [False] * len(parsed.rows))
 
 

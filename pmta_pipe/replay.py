@@ -124,8 +124,10 @@ def submit_orphans(
         for batch in reading.batches:
             receipt = SegmentReceipt(progress, batch.ref)
             pipeline.submit(
-                Batch(batch.records, batch.received_at, receipt, batch.first_position), parser
-            )
+                Batch(batch.records, batch.received_at, receipt, batch.first_position,
+                      batch.torn_last),
+                parser,
+            )  # fmt: skip
     return out
 
 

@@ -29,6 +29,8 @@ A segment is ``MAGIC`` (8 bytes, ``PMTASPL1``) followed by frames::
     kind 1  = segment meta, always the first frame: JSON {"format", "source",
               "header_line", "first_position", "pid", "host", "created"}
     kind 2  = one batch: received_at i64 (µs since the epoch, UTC) | first_position u64
+              (its top bit set: the input ended inside the batch's last record, which
+              the parser keeps only if provably complete)
               | n u32 | n record lengths u32 | the n records (bytes, no line break)
 
 Integers are big-endian; the CRC-32 (``zlib.crc32``) covers kind, length and payload.
@@ -170,12 +172,17 @@ def encode_frame(kind: int, payload: bytes) -> bytes:
     return _FRAME.pack(_MARK, kind, len(payload), crc) + payload
 
 
-def encode_batch(records: Sequence[bytes], received_at: datetime, first_position: int) -> bytes:
+_TORN_BIT = 1 << 63  # in first_position: the last record may be cut off
+
+
+def encode_batch(
+    records: Sequence[bytes], received_at: datetime, first_position: int, torn_last: bool = False
+) -> bytes:
     micros = (received_at - _EPOCH) // _US
     n = len(records)
     return b"".join(
         (
-            _BATCH.pack(micros, first_position, n),
+            _BATCH.pack(micros, first_position | (_TORN_BIT if torn_last else 0), n),
             struct.pack(f">{n}I", *map(len, records)),
             *records,
         )
@@ -203,6 +210,7 @@ class SpooledBatch:
     records: list[bytes]
     received_at: datetime
     first_position: int
+    torn_last: bool = False  # the input ended inside the last record (see parse)
 
 
 def decode_batch(payload: bytes, ref: BatchRef) -> SpooledBatch:
@@ -215,7 +223,8 @@ def decode_batch(payload: bytes, ref: BatchRef) -> SpooledBatch:
         pos += size
     if pos != len(payload):
         raise ValueError("batch lengths do not add up")
-    return SpooledBatch(ref, records, _EPOCH + micros * _US, first)
+    torn = bool(first & _TORN_BIT)
+    return SpooledBatch(ref, records, _EPOCH + micros * _US, first & ~_TORN_BIT, torn)
 
 
 class UnknownFormat(Exception):
@@ -796,22 +805,26 @@ class SpoolWriter:
         self.left_records = 0  # after close: records journaled and not committed
 
     # -- appending (reader thread) --------------------------------------------
-    def append(self, records: list[bytes], received_at: datetime) -> SpooledBatch:
+    def append(
+        self, records: list[bytes], received_at: datetime, torn_last: bool = False
+    ) -> SpooledBatch:
         """Journal one batch durably, whatever the limit; return it with its place."""
-        batch = self._append(records, received_at, within_limit=False)
+        batch = self._append(records, received_at, torn_last, within_limit=False)
         assert batch is not None
         return batch
 
-    def try_append(self, records: list[bytes], received_at: datetime) -> SpooledBatch | None:
+    def try_append(
+        self, records: list[bytes], received_at: datetime, torn_last: bool = False
+    ) -> SpooledBatch | None:
         """Journal one batch durably if the folder has room for all the bytes it adds (its
         frame, and a new segment's head when one is due); ``None``: no room, nothing written.
 
         One batch larger than the whole limit is written when the folder holds no segment
         (else it could never be written)."""
-        return self._append(records, received_at, within_limit=True)
+        return self._append(records, received_at, torn_last, within_limit=True)
 
     def _append(
-        self, records: list[bytes], received_at: datetime, *, within_limit: bool
+        self, records: list[bytes], received_at: datetime, torn_last: bool, *, within_limit: bool
     ) -> SpooledBatch | None:
         positioned, header = scan_records(records)
         with self._lock:
@@ -831,7 +844,7 @@ class SpoolWriter:
                 seg = self._rotate(head)
             assert seg is not None
             first = self.next_position
-            frame = encode_frame(KIND_BATCH, encode_batch(records, received_at, first))
+            frame = encode_frame(KIND_BATCH, encode_batch(records, received_at, first, torn_last))
             offset = seg.size
             try:
                 _write_all(seg.fd, frame)
@@ -850,7 +863,7 @@ class SpoolWriter:
             self.appended_batches += 1
             self.appended_bytes += len(frame)
             self._folder_bytes += len(frame)
-        return SpooledBatch(BatchRef(seg.name, offset), records, received_at, first)
+        return SpooledBatch(BatchRef(seg.name, offset), records, received_at, first, torn_last)
 
     def _head(self) -> bytes:
         """The first bytes of a new segment: MAGIC and the meta frame."""

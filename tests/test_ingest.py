@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import psycopg
 
+from pmta_pipe.migrate import code_version, schema_version
 from tests.conftest import SAMPLES, count, run_cli
 from tests.helpers import stream, type_counts
 
@@ -244,3 +246,16 @@ def test_sql_is_read_from_installed_wheel(tmp_path: Path, dsn: str, empty_dsn: s
         cwd=outside, capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert where.stdout.strip().startswith(str(venv))
+
+
+def test_a_stream_of_header_lines_only_still_creates_the_schema(
+    empty_dsn: str, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMTA_PIPE_", "PG"))}
+    env.update(PMTA_PIPE_DSN=empty_dsn, PMTA_PIPE_SPOOL_DIR=str(tmp_path / "spool"))
+    header = b"type,timeLogged,orig,rcpt\n"
+    got = run_cli(["ingest"], env, input=header + header)
+    assert got.returncode == 0, got.stderr.decode()
+    assert b"0 read = 0 inserted + 0 duplicates + 0 rejected + 0 left in the spool" in got.stderr
+    with psycopg.connect(empty_dsn) as c:
+        assert schema_version(c) == code_version()

@@ -234,6 +234,7 @@ def test_reader_cannot_write_create_or_read_raw_data(roles_db: RolesDb) -> None:
         "SELECT pmta.ensure_partitions(ARRAY['2030-01-01']::date[])",
         "DROP VIEW pmta.zz_roles_test_counts",
         "TRUNCATE pmta.events",
+        "CREATE TEMP TABLE zz_mine (x int)",  # no TEMPORARY on the database either
     ):
         assert denied(reader, statement), statement
 

@@ -349,11 +349,7 @@ def run_ingest(settings: Settings, fd: int = 0) -> IngestResult:
                     assert item.ref is not None  # only durable batches are kept on disk only
                     batch = spool.read_batch(item.ref)
                 receipt = _SpoolReceipt(spool, item.ref)
-                pipeline.submit(
-                    Batch(batch.records, batch.received_at, receipt, batch.first_position,
-                          batch.torn_last),
-                    parser,
-                )  # fmt: skip
+                pipeline.submit(Batch.from_spool(batch, receipt), parser)
             if time.monotonic() >= next_scan:
                 submit_orphans(spool.folder, pipeline, source, recovery)
                 next_scan = time.monotonic() + RECOVER_SECONDS

@@ -325,7 +325,15 @@ class Loader:
         setup that is not held (or still there when ``interrupt`` is set).
         """
         stamp = received_at or datetime.now(timezone.utc)
-        return self.run(lambda: self._load_batch(batch, header_line, stamp, deltas, bookkeeping))
+
+        def attempt() -> LoadResult:
+            try:
+                return self._load_once(batch, header_line, stamp, deltas, bookkeeping)
+            except _PartitionMissing:
+                self._days.clear()  # dropped since we made it: make it again, once
+                return self._load_once(batch, header_line, stamp, deltas, bookkeeping)
+
+        return self.run(attempt)
 
     def run(self, work: Callable[[], T]) -> T:
         """Run ``work`` (which uses ``connection()``), retrying as ``faults`` decides."""
@@ -382,20 +390,6 @@ class Loader:
             conn.execute("SELECT pmta.ensure_partitions(%s::date[])", (make,))
         conn.commit()
         self._days.update(make)
-
-    def _load_batch(
-        self,
-        batch: ParsedBatch,
-        header_line: str | None,
-        received_at: datetime,
-        deltas: rollups.Deltas | None,
-        bookkeeping: Bookkeeping | None,
-    ) -> LoadResult:
-        try:
-            return self._load_once(batch, header_line, received_at, deltas, bookkeeping)
-        except _PartitionMissing:
-            self._days.clear()  # dropped since we made it: make it again, once
-            return self._load_once(batch, header_line, received_at, deltas, bookkeeping)
 
     def _load_once(
         self,

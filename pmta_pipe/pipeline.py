@@ -43,6 +43,7 @@ import psycopg
 from pmta_pipe import rollups
 from pmta_pipe.load import Loader, LoadResult
 from pmta_pipe.parse import ParsedBatch, RecordParser
+from pmta_pipe.spool import SpooledBatch
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,14 @@ class Batch:
     receipt: Receipt
     first_position: int | None = None  # None: go on from the parser's last position
     torn_last: bool = False  # the input ended inside the last record (``parse`` decides)
+
+    @classmethod
+    def from_spool(cls, spooled: SpooledBatch, receipt: Receipt) -> Batch:
+        """A batch as the spool journaled it: its time, first position and torn flag."""
+        return cls(
+            spooled.records, spooled.received_at, receipt, spooled.first_position,
+            spooled.torn_last,
+        )  # fmt: skip
 
 
 @dataclass

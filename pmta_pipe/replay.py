@@ -123,11 +123,7 @@ def submit_orphans(
                  reading.name, len(reading.batches), reading.records)  # fmt: skip
         for batch in reading.batches:
             receipt = SegmentReceipt(progress, batch.ref)
-            pipeline.submit(
-                Batch(batch.records, batch.received_at, receipt, batch.first_position,
-                      batch.torn_last),
-                parser,
-            )  # fmt: skip
+            pipeline.submit(Batch.from_spool(batch, receipt), parser)
     return out
 
 

@@ -62,7 +62,7 @@ import tenacity
 from psycopg import errors as pg_errors
 
 from pmta_pipe import db, faults, rollups, values
-from pmta_pipe.errors import DatabaseUnavailable, SetupFault, first_line
+from pmta_pipe.errors import DatabaseUnavailable, MigrationError, SetupFault, first_line
 from pmta_pipe.faults import Fault
 from pmta_pipe.fields import EVENT_COLUMNS
 from pmta_pipe.migrate import apply_migrations
@@ -347,6 +347,8 @@ class Loader:
                         raise
         except psycopg.Error as exc:
             raise self._wrap(exc) from exc
+        except MigrationError as exc:  # a schema newer than this pmta-pipe: the setup's fault
+            raise SetupFault(exc.message, exc.hint) from exc
         self._backoff.recovered()
         return result
 

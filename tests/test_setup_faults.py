@@ -519,3 +519,18 @@ def test_summary_line_of_ingest_import_and_replay(
     expected = "13 read = 10 inserted + 2 duplicates + 1 rejected + 0 left in the spool"
     assert has_summary(got.stdout.decode(), expected), got.stdout.decode()
     assert events(conn) == 30 and rejects(conn) == 3
+
+
+def test_a_schema_newer_than_this_pmta_pipe_holds_the_records(
+    cli_env: dict[str, str], conn: Conn
+) -> None:
+    conn.execute("INSERT INTO pmta.schema_migrations VALUES (99, 'from_the_future', 'x')")
+    got = run_cli(
+        ["ingest"], dict(cli_env, PMTA_PIPE_DRAIN_TIMEOUT="2"), input=HEADER + numbered(7, 50)
+    )
+    assert got.returncode == 75, got.stderr.decode()
+    err = got.stderr.decode()
+    assert "newer than this pmta-pipe" in err and "upgrade pmta-pipe" in err
+    assert "50 records" in err and "left in the spool" in err
+    assert count(conn, "SELECT count(*) FROM pmta.rejects") == 0
+    assert count(conn, "SELECT count(*) FROM pmta.events") == 0

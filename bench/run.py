@@ -4,24 +4,48 @@
 
 For each size, a deterministic accounting stream (``bench/generate.py``, 23 default
 columns, header line) is written once to a work folder, then each path loads it
-into a fresh database on the same server, ``--rounds`` times (median reported):
+into a fresh database on the same server. Rounds are interleaved (round 1 of every
+path, then round 2 of every path, ...), so that a slow minute of a shared machine
+falls on all paths alike; the median of ``--rounds`` is reported, with the range.
 
 * ``COPY (baseline)``: ``COPY … (FORMAT csv, HEADER)`` of the file into an
   unindexed table with pmta.events' types for the 23 columns: the floor;
+* ``keyed COPY into pmta.events``: the rows as the loader renders them
+  (``load.render_copy`` of ``parse.RecordParser``'s rows, batch by batch,
+  rendered before the clock starts) COPYed into an empty ``pmta.events`` (its
+  partitions made first with ``pmta.ensure_partitions``, primary key in place) in
+  one transaction: the ceiling for this schema, with no parsing, no rollups, no
+  journal and one commit;
 * ``pmta-pipe ingest``: the console command as a subprocess, file on stdin, until
   every record is committed (typed columns, identity, unique key, rollups, rejects);
-* ``pmta-pipe import``: the file gzipped, when the command is available;
+* ``ingest, every record loaded already``: the same command on a database that
+  holds every record already (loaded by the keyed COPY and vacuumed before the
+  clock starts): a replay, where every row is a duplicate;
+* ``pmta-pipe import (gzip)``: the file gzipped, when the command is available;
+* ``import --jobs 1`` and ``--jobs 2``: the same records split in ``SPLIT_FILES``
+  gzipped files, one process, then two worker processes;
 * ``pgloader``: the same file into the baseline table, when pgloader is installed;
 * ``naive pipe``: ``bench/peers/naive_pipe.py`` (row-by-row INSERT, commit every
-  1000) on a subset, its rate extrapolated;
+  1000) on a subset, its time extrapolated;
 * with ``--compare-with DIR``: ``pmta-pipe ingest`` of another checkout (a git
   worktree of an earlier commit), to measure a change against its baseline in
   one run.
 
-Peak RSS of each subprocess comes from ``os.wait4``. With several sizes
-(``--records 1000000,3000000``) the last lines say whether pmta-pipe's RSS grew.
-The server is ``--dsn`` (its databases are created and dropped here), else an
-embedded PostgreSQL in a temporary folder. See ``docs/performance.md``.
+Every path runs as a subprocess (the COPY rows through ``bench/copy_file.py``). For
+each run: the wall time (for the COPY rows, of the COPY and commit alone); the peak
+RSS of the process and its children, sampled every ``SAMPLE_SECONDS`` from
+``/proc``: the larger of the tree's summed RSS (several processes at once:
+``--jobs 2``) and its largest process's ``VmHWM``; the CPU time of the process and
+its children (``os.wait4``); and the CPU time of the PostgreSQL backends serving the
+run's database (``/proc``, sampled, so a backend's last fraction of a second may be
+missed). ``ru_maxrss`` (of ``wait4`` or of ``getrusage(RUSAGE_CHILDREN)``) is not
+used: a child started by ``fork`` or ``vfork`` starts it at the parent's peak, here
+the benchmark's own, and ``RUSAGE_CHILDREN`` keeps the largest of all children so far.
+With several sizes
+(``--records 1000000,3000000``) the last lines say whether peak RSS grew. The server
+is ``--dsn`` (its databases are created and dropped here; the admin database is
+only connected to), else an embedded PostgreSQL in a temporary folder. See
+``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -35,12 +59,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from itertools import islice
 from pathlib import Path
 
 import psycopg
@@ -61,8 +87,29 @@ BASE_COLUMNS = (
     ("vmta_pool", "text"),
 )  # fmt: skip
 BASE_TABLE = "acct_copy"
+BASELINE = "COPY (baseline)"
 NAIVE_LIMIT = 50_000
 QUICK_NAIVE_LIMIT = 2_000
+SPLIT_FILES = 4  # the import --jobs rows: the records in this many gzipped files
+BATCH_ROWS = 5_000  # the loader's default batch, for rendering the keyed COPY
+SAMPLE_SECONDS = 0.2
+RECEIVED_AT = datetime(2026, 1, 4, tzinfo=timezone.utc)  # for the rendered rows
+
+
+@dataclass
+class Run:
+    """One timed run of one path."""
+
+    seconds: float
+    rss_mb: float = 0.0  # peak RSS of the process and its children
+    cpu_s: float = 0.0  # CPU time of the process and its children
+    backend_cpu_s: float = 0.0  # CPU time of the PostgreSQL backends of its database
+
+    def scaled(self, factor: float) -> Run:
+        """Times extrapolated by ``factor`` (peak RSS is not)."""
+        return Run(
+            self.seconds * factor, self.rss_mb, self.cpu_s * factor, self.backend_cpu_s * factor
+        )
 
 
 @dataclass
@@ -71,6 +118,8 @@ class Result:
     records: int
     seconds: list[float] = field(default_factory=list)
     rss_mb: list[float] = field(default_factory=list)
+    cpu_s: list[float] = field(default_factory=list)
+    backend_cpu_s: list[float] = field(default_factory=list)
     note: str = ""
     skipped: str = ""
 
@@ -81,6 +130,12 @@ class Result:
     @property
     def rate(self) -> float:
         return self.records / self.median if self.seconds else 0.0
+
+    def add(self, run: Run) -> None:
+        self.seconds.append(run.seconds)
+        self.rss_mb.append(run.rss_mb)
+        self.cpu_s.append(run.cpu_s)
+        self.backend_cpu_s.append(run.backend_cpu_s)
 
 
 # -- the server and its databases -------------------------------------------------
@@ -145,30 +200,204 @@ def gzip_file(path: Path) -> Path:
     return gz
 
 
-# -- one run of each path ------------------------------------------------------------
+def split_files(path: Path, records: int, parts: int = SPLIT_FILES) -> list[Path]:
+    """The records of ``path`` in ``parts`` gzipped files, each with the header line."""
+    out = [path.with_name(f"{path.stem}-part{i + 1}of{parts}.csv.gz") for i in range(parts)]
+    if all(p.exists() for p in out):
+        return out
+    per = -(-records // parts)
+    with path.open("rb") as src:
+        header = src.readline()  # generated records hold no line break inside a field
+        for part in out:
+            tmp = part.with_suffix(".tmp")
+            with gzip.open(tmp, "wb", compresslevel=1) as dst:
+                dst.write(header)
+                dst.writelines(islice(src, per))
+            tmp.rename(part)
+    return out
+
+
+@dataclass
+class Rendered:
+    """The rows of a file as the loader renders them: COPY segments and the UTC days."""
+
+    segments: list[tuple[str, Path]]  # (format, file) in order; a format change starts one
+    days: list[str]
+    rows: int
+
+
+def render_file(path: Path) -> Rendered:
+    """Parse ``path`` in the loader's batches and render each with ``load.render_copy``."""
+    from pmta_pipe.load import render_copy
+    from pmta_pipe.parse import RecordParser
+    from pmta_pipe.reader import iter_batches
+
+    parser = RecordParser("bench")
+    segments: list[tuple[str, Path]] = []
+    days: set[object] = set()
+    rows = 0
+    out = None
+    try:
+        with path.open("rb") as src:
+            for raw in iter_batches(src, BATCH_ROWS, RECEIVED_AT):
+                parsed = parser.parse(raw.records, raw.received_at, torn_last=raw.torn_last)
+                if parsed.rejects:
+                    raise RuntimeError(f"{len(parsed.rejects)} rejects rendering {path.name}")
+                fmt, data = render_copy(parsed.rows)
+                if not segments or segments[-1][0] != fmt:
+                    if out is not None:
+                        out.close()
+                    seg = path.with_name(f"{path.stem}.events-{len(segments)}.{fmt}")
+                    segments.append((fmt, seg))
+                    out = seg.open("w", encoding="utf-8", newline="")
+                assert out is not None
+                out.write(data)
+                days.update(parsed.days)
+                rows += len(parsed.rows)
+    finally:
+        if out is not None:
+            out.close()
+    return Rendered(segments, sorted(str(d) for d in days), rows)
+
+
+def copy_statement(table: str, fmt: str, columns: str) -> str:
+    opts = "FORMAT text, NULL ''" if fmt == "text" else "FORMAT csv"
+    return f"COPY {table} ({columns}) FROM STDIN ({opts})"
+
+
+# -- measuring a subprocess ----------------------------------------------------------
+def _proc_stats() -> dict[int, tuple[int, str, int, int]]:
+    """pid -> (parent pid, command name, CPU ticks, RSS pages), from /proc/*/stat."""
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                text = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        comm = text[text.find("(") + 1 : text.rfind(")")]
+        fields = text[text.rfind(")") + 2 :].split()
+        stats[int(entry)] = (int(fields[1]), comm, int(fields[11]) + int(fields[12]),
+                             int(fields[21]))  # fmt: skip
+    return stats
+
+
+def _high_water(pid: int) -> int:
+    """The peak RSS of ``pid`` since its exec (``VmHWM``), in bytes; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+class _Sampler(threading.Thread):
+    """Samples the RSS of a process tree and the CPU of the backends of one database."""
+
+    def __init__(self, pid: int, dbname: str | None) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.dbname = f" {dbname} ".encode() if dbname else None
+        self.peak_rss = 0  # bytes
+        self.hwm: dict[int, int] = {}  # pid -> VmHWM, bytes
+        self.backend_ticks: dict[int, int] = {}
+        self._ours: dict[int, bool] = {}  # postgres pid -> serves our database
+        self._done = threading.Event()
+        self._page = os.sysconf("SC_PAGE_SIZE")
+
+    def run(self) -> None:
+        while not self._done.wait(SAMPLE_SECONDS):
+            with suppress(Exception):  # a sample is never worth failing a run for
+                self._sample()
+
+    def finish(self) -> None:
+        self._done.set()
+        self.join()
+        with suppress(Exception):  # the backends outlive their client for a moment
+            self._sample()
+
+    def _serves_us(self, pid: int) -> bool:
+        if pid not in self._ours:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    title = f.read()
+            except OSError:
+                return False
+            self._ours[pid] = self.dbname is not None and self.dbname in title + b" "
+        return self._ours[pid]
+
+    def _sample(self) -> None:
+        stats = _proc_stats()
+        tree, grown = {self.pid}, True
+        while grown:  # the process, its children, theirs...
+            more = {pid for pid, s in stats.items() if s[0] in tree} - tree
+            tree |= more
+            grown = bool(more)
+        rss = sum(stats[p][3] for p in tree if p in stats) * self._page
+        self.peak_rss = max(self.peak_rss, rss)
+        for pid in tree:
+            self.hwm[pid] = max(self.hwm.get(pid, 0), _high_water(pid))
+        if self.dbname is not None:
+            for pid, (_, comm, ticks, _) in stats.items():
+                if comm.startswith("postgres") and self._serves_us(pid):
+                    self.backend_ticks[pid] = ticks
+
+    @property
+    def peak_mb(self) -> float:
+        """The larger of the tree's summed RSS and its largest process's high-water mark."""
+        return max(self.peak_rss, max(self.hwm.values(), default=0)) / 2**20
+
+    @property
+    def backend_cpu_s(self) -> float:
+        return sum(self.backend_ticks.values()) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Child:
+    run: Run
+    stdout: str
+    stderr: str
+
+
 def run_child(
-    args: list[str], stdin_path: Path | None, env: dict[str, str], cwd: Path | None = None
-) -> tuple[float, float, str]:
-    """Run a subprocess; return (seconds, peak RSS in MB, stderr)."""
+    args: list[str],
+    stdin_path: Path | None,
+    env: dict[str, str],
+    cwd: Path | None = None,
+    dsn: str | None = None,
+) -> Child:
+    """Run a subprocess; measure it (and the backends of ``dsn``'s database) as ``Run``."""
+    dbname = conninfo_to_dict(dsn).get("dbname") if dsn else None
     stdin = stdin_path.open("rb") if stdin_path else subprocess.DEVNULL
-    err = tempfile.TemporaryFile()  # noqa: SIM115 (closed below, with stdin)
+    out = tempfile.TemporaryFile()  # noqa: SIM115 (closed below, with stdin)
+    err = tempfile.TemporaryFile()  # noqa: SIM115
     try:
         started = time.perf_counter()
-        proc = subprocess.Popen(
-            args, stdin=stdin, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=cwd
-        )
+        proc = subprocess.Popen(args, stdin=stdin, stdout=out, stderr=err, env=env, cwd=cwd)
+        sampler = _Sampler(proc.pid, str(dbname) if dbname else None)
+        sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - started
+        sampler.finish()
         proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
         err.seek(0)
-        text = err.read().decode(errors="replace")
+        stdout = out.read().decode(errors="replace")
+        stderr = err.read().decode(errors="replace")
     finally:
         if stdin_path:
             stdin.close()  # type: ignore[union-attr]
+        out.close()
         err.close()
     if proc.returncode != 0:
-        raise RuntimeError(f"{args[0]} {args[1:3]} failed ({proc.returncode}): {text[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024, text
+        raise RuntimeError(f"{args[0]} {args[1:3]} failed ({proc.returncode}): {stderr[-2000:]}")
+    cpu = usage.ru_utime + usage.ru_stime
+    return Child(Run(seconds, sampler.peak_mb, cpu, sampler.backend_cpu_s), stdout, stderr)
 
 
 def child_env() -> dict[str, str]:
@@ -178,36 +407,92 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def time_copy(admin: str, path: Path, records: int) -> tuple[float, float]:
-    with database(admin) as dsn:
-        create_base_table(dsn)
-        with psycopg.connect(dsn) as conn, conn.cursor() as cur, path.open("rb") as f:
-            started = time.perf_counter()
-            with cur.copy(f"COPY {BASE_TABLE} FROM STDIN (FORMAT csv, HEADER)") as copy:
-                while chunk := f.read(1 << 20):
-                    copy.write(chunk)
-            conn.commit()
-            seconds = time.perf_counter() - started
-        assert count(dsn, BASE_TABLE) == records
-    return seconds, 0.0
-
-
 def pmta_pipe_cmd() -> list[str]:
     return [sys.executable, "-m", "pmta_pipe"]
 
 
-def time_ingest(
-    admin: str, path: Path, records: int, code: Path | None = None
-) -> tuple[float, float]:
+# -- one run of each path ------------------------------------------------------------
+def copy_files(dsn: str, pairs: list[tuple[str, Path]]) -> Run:
+    """``bench/copy_file.py``: the time is its own (of COPY and commit), the rest ours."""
+    args = [sys.executable, str(HERE / "copy_file.py"), dsn]
+    for statement, path in pairs:
+        args += [statement, str(path)]
+    child = run_child(args, None, child_env(), dsn=dsn)
+    child.run.seconds = float(json.loads(child.stdout)["seconds"])
+    return child.run
+
+
+def time_copy(admin: str, path: Path, records: int) -> Run:
+    with database(admin) as dsn:
+        create_base_table(dsn)
+        statement = f"COPY {BASE_TABLE} FROM STDIN (FORMAT csv, HEADER)"
+        run = copy_files(dsn, [(statement, path)])
+        assert count(dsn, BASE_TABLE) == records
+    return run
+
+
+def prepare_events(dsn: str, rendered: Rendered) -> None:
+    """The pmta schema and the partitions of ``rendered``'s days, as the loader makes them."""
+    from pmta_pipe.migrate import apply_migrations
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        apply_migrations(conn)
+        conn.execute("SELECT pmta.ensure_partitions(%s::date[])", (rendered.days,))
+
+
+def events_pairs(rendered: Rendered) -> list[tuple[str, Path]]:
+    from pmta_pipe.fields import EVENT_COLUMNS
+
+    columns = ", ".join(EVENT_COLUMNS)
+    return [(copy_statement("pmta.events", fmt, columns), seg) for fmt, seg in rendered.segments]
+
+
+def time_keyed_copy(admin: str, rendered: Rendered, records: int) -> Run:
+    with database(admin) as dsn:
+        prepare_events(dsn, rendered)
+        run = copy_files(dsn, events_pairs(rendered))
+        assert count(dsn, "pmta.events") == records
+    return run
+
+
+def time_ingest(admin: str, path: Path, records: int, code: Path | None = None) -> Run:
     """``pmta-pipe ingest``; of the checkout ``code`` instead of this one when given."""
     with database(admin) as dsn:
-        args = [*pmta_pipe_cmd(), "ingest", "--dsn", dsn, "--source", "bench"]
-        env = child_env()
-        if code is not None:
-            env["PYTHONPATH"] = str(code)
-        seconds, rss, _ = run_child(args, path, env, cwd=code or HERE.parent)
+        run = ingest(dsn, path, code)
         assert count(dsn, "pmta.events") == records
-    return seconds, rss
+    return run
+
+
+def ingest(dsn: str, path: Path, code: Path | None = None) -> Run:
+    args = [*pmta_pipe_cmd(), "ingest", "--dsn", dsn, "--source", "bench"]
+    env = child_env()
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
+    return run_child(args, path, env, cwd=code or HERE.parent, dsn=dsn).run
+
+
+def time_replay(admin: str, path: Path, rendered: Rendered, records: int) -> Run:
+    """``pmta-pipe ingest`` of records every one of which is loaded already."""
+    with database(admin) as dsn:
+        prepare_events(dsn, rendered)
+        with psycopg.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
+            conn.execute("SET TIME ZONE 'UTC'")
+            with conn.transaction():
+                for statement, seg in events_pairs(rendered):
+                    with seg.open("rb") as f, cur.copy(statement) as copy:
+                        while chunk := f.read(1 << 20):
+                            copy.write(chunk)
+            conn.execute("VACUUM (ANALYZE) pmta.events")  # a table at rest, as autovacuum leaves it
+            with suppress(psycopg.Error):  # needs a superuser or pg_checkpoint
+                conn.execute("CHECKPOINT")
+        run = ingest(dsn, path)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*), sum(inserted), sum(duplicates) FROM pmta.ingest_batches"
+            ).fetchone()
+        assert count(dsn, "pmta.events") == records
+        assert row is not None and row[1] == 0 and row[2] == records, row
+    return run
 
 
 def import_available(admin: str, work: Path) -> str:
@@ -223,16 +508,17 @@ def import_available(admin: str, work: Path) -> str:
     return ""
 
 
-def time_import(admin: str, path: Path, records: int) -> tuple[float, float]:
-    gz = gzip_file(path)
+def time_import(admin: str, files: list[Path], records: int, jobs: int | None = None) -> Run:
     with database(admin) as dsn:
-        args = [*pmta_pipe_cmd(), "import", "--dsn", dsn, "--source", "bench", str(gz)]
-        seconds, rss, _ = run_child(args, None, child_env())
+        args = [*pmta_pipe_cmd(), "import", "--dsn", dsn, "--source", "bench"]
+        if jobs is not None:
+            args += ["--jobs", str(jobs)]
+        run = run_child([*args, *map(str, files)], None, child_env(), dsn=dsn).run
         assert count(dsn, "pmta.events") == records
-    return seconds, rss
+    return run
 
 
-def time_pgloader(admin: str, path: Path, records: int) -> tuple[float, float]:
+def time_pgloader(admin: str, path: Path, records: int) -> Run:
     with database(admin) as dsn:
         create_base_table(dsn)
         p = conninfo_to_dict(dsn)
@@ -255,95 +541,128 @@ def time_pgloader(admin: str, path: Path, records: int) -> tuple[float, float]:
         workdir = tempfile.mkdtemp(prefix="pmta-bench-pgloader-")
         args = ["pgloader", "--root-dir", workdir, "--quiet", str(cmd_file)]
         try:
-            seconds, rss, _ = run_child(args, None, child_env())
+            run = run_child(args, None, child_env(), dsn=dsn).run
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         got = count(dsn, BASE_TABLE)
         if got != records:
             raise RuntimeError(f"pgloader loaded {got} of {records} records")
-    return seconds, rss
+    return run
 
 
-def time_naive(admin: str, path: Path, records: int, limit: int) -> tuple[float, float]:
+def time_naive(admin: str, path: Path, records: int, limit: int) -> Run:
     n = min(records, limit)
     with database(admin) as dsn:
         create_base_table(dsn)
         args = [sys.executable, str(HERE / "peers" / "naive_pipe.py"), dsn, BASE_TABLE, str(n)]
-        seconds, rss, _ = run_child(args, path, child_env())
+        run = run_child(args, path, child_env(), dsn=dsn).run
         assert count(dsn, BASE_TABLE) == n
-    return seconds * records / n, rss  # extrapolated to all records
+    return run.scaled(records / n)  # extrapolated to all records
 
 
 # -- the run ---------------------------------------------------------------------------
+Timer = Callable[[], Run]
+
+
 def bench_size(admin: str, work: Path, records: int, opts: argparse.Namespace) -> list[Result]:
     path = data_file(work, records)
+    print(f"  rendering {records:,} records as the loader does", file=sys.stderr)
+    rendered = render_file(path)
+    assert rendered.rows == records, rendered.rows
     naive_limit = QUICK_NAIVE_LIMIT if opts.quick else NAIVE_LIMIT
-    paths: list[tuple[str, Callable[[str, Path, int], tuple[float, float]], str]] = [
-        ("COPY (baseline)", time_copy, ""),
-        ("pmta-pipe ingest", time_ingest, ""),
+    why = import_available(admin, work)
+    gz = [] if why else [gzip_file(path)]
+    parts = [] if why else split_files(path, records)
+    paths: list[tuple[str, Timer, str]] = [
+        (BASELINE, lambda: time_copy(admin, path, records), ""),
+        ("keyed COPY into pmta.events", lambda: time_keyed_copy(admin, rendered, records), ""),
+        ("pmta-pipe ingest", lambda: time_ingest(admin, path, records), ""),
     ]
     if opts.compare_with:
         code = Path(opts.compare_with).resolve()
         paths.append(
-            (f"ingest, code of {code.name}", lambda a, p, r: time_ingest(a, p, r, code), "")
+            (f"ingest, code of {code.name}", lambda: time_ingest(admin, path, records, code), "")
         )
-    results: list[Result] = []
-    why = import_available(admin, work)
-    paths.append(("pmta-pipe import (gzip)", time_import, why))
-    paths.append(("pgloader", time_pgloader, "" if shutil.which("pgloader") else "not installed"))
-    note = f"{min(records, naive_limit)} records, extrapolated" if records > naive_limit else ""
-    paths.append(
+    paths += [
+        (
+            "ingest, every record loaded already",
+            lambda: time_replay(admin, path, rendered, records),
+            "",
+        ),
+        ("pmta-pipe import (gzip)", lambda: time_import(admin, gz, records), why),
+        (
+            f"import --jobs 1, {SPLIT_FILES} gzip files",
+            lambda: time_import(admin, parts, records, jobs=1),
+            why,
+        ),
+        (
+            f"import --jobs 2, {SPLIT_FILES} gzip files",
+            lambda: time_import(admin, parts, records, jobs=2),
+            why,
+        ),
+        (
+            "pgloader",
+            lambda: time_pgloader(admin, path, records),
+            "" if shutil.which("pgloader") else "not installed",
+        ),
         (
             "naive pipe (INSERT per row)",
-            lambda a, p, r: time_naive(a, p, r, naive_limit),
+            lambda: time_naive(admin, path, records, naive_limit),
             "",
-        )
-    )
-    for name, fn, skip in paths:
-        res = Result(name, records, skipped=skip)
-        if name.startswith("naive"):
-            res.note = note
-        results.append(res)
-        if skip or name in opts.skip:
-            res.skipped = res.skipped or "skipped (--skip)"
+        ),
+    ]
+    results = [Result(name, records, skipped=skip) for name, _, skip in paths]
+    for (name, _, _), res in zip(paths, results, strict=True):
+        if name.startswith("naive") and records > naive_limit:
+            res.note = f"{naive_limit:,} records, extrapolated"
+        if not res.skipped and name in opts.skip:
+            res.skipped = "skipped (--skip)"
+        if res.skipped:
             print(f"  {name}: {res.skipped}", file=sys.stderr)
-            continue
-        for i in range(opts.rounds):
+    for i in range(opts.rounds):  # interleaved: round i of every path, then round i + 1
+        for (name, timer, _), res in zip(paths, results, strict=True):
+            if res.skipped:
+                continue
             try:
-                seconds, rss = fn(admin, path, records)
+                run = timer()
             except Exception as exc:  # a peer that fails is reported, not fatal
                 res.skipped = f"failed: {str(exc).splitlines()[0][:200]}"
                 print(f"  {name}: {res.skipped}", file=sys.stderr)
-                break
-            res.seconds.append(seconds)
-            res.rss_mb.append(rss)
-            print(f"  {name} round {i + 1}: {seconds:.2f} s, {records / seconds:,.0f} rec/s"
-                  + (f", peak RSS {rss:.0f} MB" if rss else ""), file=sys.stderr)  # fmt: skip
+                continue
+            res.add(run)
+            print(f"  round {i + 1}, {name}: {run.seconds:.2f} s, "
+                  f"{records / run.seconds:,.0f} rec/s, peak RSS {run.rss_mb:.0f} MB, "
+                  f"CPU {run.cpu_s:.1f} s, backend CPU {run.backend_cpu_s:.1f} s",
+                  file=sys.stderr)  # fmt: skip
+    for _, seg in rendered.segments:
+        seg.unlink(missing_ok=True)
     return results
 
 
 def markdown(results: list[Result]) -> str:
-    base = {r.records: r.rate for r in results if r.path == "COPY (baseline)"}
+    base = {r.records: r.median for r in results if r.path == BASELINE and r.seconds}
     lines = [
-        "| path | records | seconds (median) | records/s | ratio to COPY | peak RSS MB | note |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| path | records | seconds, median (range) | records/s | share of COPY "
+        "| peak RSS MB | CPU s | backend CPU s | note |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
         if r.skipped:
-            lines.append(f"| {r.path} | {r.records:,} | | | | | {r.skipped} |")
+            lines.append(f"| {r.path} | {r.records:,} | | | | | | | {r.skipped} |")
             continue
-        ratio = r.rate / base[r.records] if base.get(r.records) else float("nan")
-        rss = f"{max(r.rss_mb):.0f}" if any(r.rss_mb) else ""
+        share = base[r.records] / r.median if r.records in base else float("nan")
+        spread = f" ({min(r.seconds):.2f}-{max(r.seconds):.2f})" if len(r.seconds) > 1 else ""
         lines.append(
-            f"| {r.path} | {r.records:,} | {r.median:.2f} | {r.rate:,.0f} | {ratio:.2f} | "
-            f"{rss} | {r.note} |"
+            f"| {r.path} | {r.records:,} | {r.median:.2f}{spread} | {r.rate:,.0f} | "
+            f"{share:.2f} | {max(r.rss_mb):.0f} | {statistics.median(r.cpu_s):.1f} | "
+            f"{statistics.median(r.backend_cpu_s):.1f} | {r.note} |"
         )
     return "\n".join(lines)
 
 
 def rss_growth(results: list[Result]) -> list[str]:
     out = []
-    for name in ("pmta-pipe ingest", "ingest, pipelined loader"):
+    for name in dict.fromkeys(r.path for r in results if r.path != BASELINE):
         sizes = sorted((r.records, max(r.rss_mb)) for r in results if r.path == name and r.rss_mb)
         if len(sizes) >= 2:
             (n0, m0), (n1, m1) = sizes[0], sizes[-1]

@@ -404,6 +404,10 @@ def child_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PMTA_PIPE_", "PG"))}
     env["PMTA_PIPE_LOG_LEVEL"] = "warning"
     env["PMTA_PIPE_SPOOL_DIR"] = tempfile.mkdtemp(prefix="pmta-bench-spool-")  # journal on
+    # A file on stdin ends long before the records are loaded; ingest's drain timeout
+    # (30 s after end of input, even with the database taking batches) would then
+    # leave the rest in the spool and exit 75. The benchmark waits for all of them.
+    env["PMTA_PIPE_DRAIN_TIMEOUT"] = "86400"
     return env
 
 
@@ -626,7 +630,8 @@ def bench_size(admin: str, work: Path, records: int, opts: argparse.Namespace) -
             try:
                 run = timer()
             except Exception as exc:  # a peer that fails is reported, not fatal
-                res.skipped = f"failed: {str(exc).splitlines()[0][:200]}"
+                last = [line for line in str(exc).splitlines() if line.strip()] or ["?"]
+                res.skipped = f"failed: {last[-1][:300]}"
                 print(f"  {name}: {res.skipped}", file=sys.stderr)
                 continue
             res.add(run)

@@ -18,7 +18,7 @@ falls on all paths alike; the median of ``--rounds`` is reported, with the range
   journal and one commit;
 * ``pmta-pipe ingest``: the console command as a subprocess, file on stdin, until
   every record is committed (typed columns, identity, unique key, rollups, rejects);
-* ``ingest, every record loaded already``: the same command on a database that
+* ``ingest of loaded records (replay)``: the same command on a database that
   holds every record already (loaded by the keyed COPY and vacuumed before the
   clock starts): a replay, where every row is a duplicate;
 * ``pmta-pipe import (gzip)``: the file gzipped, when the command is available;
@@ -589,18 +589,18 @@ def bench_size(admin: str, work: Path, records: int, opts: argparse.Namespace) -
         )
     paths += [
         (
-            "ingest, every record loaded already",
+            "ingest of loaded records (replay)",
             lambda: time_replay(admin, path, rendered, records),
             "",
         ),
         ("pmta-pipe import (gzip)", lambda: time_import(admin, gz, records), why),
         (
-            f"import --jobs 1, {SPLIT_FILES} gzip files",
+            f"import --jobs 1 ({SPLIT_FILES} gzip files)",
             lambda: time_import(admin, parts, records, jobs=1),
             why,
         ),
         (
-            f"import --jobs 2, {SPLIT_FILES} gzip files",
+            f"import --jobs 2 ({SPLIT_FILES} gzip files)",
             lambda: time_import(admin, parts, records, jobs=2),
             why,
         ),

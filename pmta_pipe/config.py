@@ -125,8 +125,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("spool_max_bytes", "--spool-max-bytes", parse_size,
            "largest the spool may grow while the database is away (default 10G)", "SIZE"),
     Option("drain_timeout", "--drain-timeout", _non_negative_float,
-           "at end of input, how long to wait for an unreachable database (default 30)",
-           "SECONDS"),
+           "after end of input, how long to wait while nothing is committed (the database "
+           "away, a setup fault, a blocked statement) before leaving the rest in the spool "
+           "(default 30)", "SECONDS"),
     Option("max_reject_share", "--max-reject-share", parse_share,
            "status: largest share of rejected records in the last hour, per source, "
            "that is still healthy (default 1%)", "SHARE"),

@@ -301,16 +301,24 @@ def run_ingest(settings: Settings, fd: int = 0) -> IngestResult:
     spool = SpoolWriter(settings.spool_path, source, max_bytes=settings.spool_max_bytes)
     interrupt = threading.Event()  # set: stop waiting for the database
     loaders: list[Loader] = []
+    pipelines: list[Pipeline] = []
 
-    def give_up() -> None:  # --drain-timeout after end of input: bounded even when blocked
-        interrupt.set()
-        for each in loaders:
-            each.cancel()
+    def drain_watch(ended_at: float) -> None:
+        """After end of input: give up once nothing was committed for --drain-timeout
+        seconds (the database away, a setup fault, a statement blocked: cancel it). A
+        healthy database loading a backlog keeps committing, and is never cut off."""
+        while not interrupt.wait(0.2):
+            last = max([ended_at, *(p.progressed_at for p in pipelines)])
+            if time.monotonic() - last >= settings.drain_timeout:
+                interrupt.set()
+                for each in loaders:
+                    each.cancel()
 
     def at_end() -> None:
-        timer = threading.Timer(settings.drain_timeout, give_up)
-        timer.daemon = True
-        timer.start()
+        watch = threading.Thread(
+            target=drain_watch, args=(time.monotonic(),), name="pmta-pipe-drain", daemon=True
+        )
+        watch.start()
 
     pending = PendingQueue(MAX_MEMORY_BATCHES, MAX_MEMORY_BYTES)
     journal = Journal(spool, pending, at_end)
@@ -337,6 +345,7 @@ def run_ingest(settings: Settings, fd: int = 0) -> IngestResult:
         loaders.append(loader)
         # connect first: the schema is made (migrated) even for a stream of header lines
         pipeline = Pipeline(loader, source, depth=LOAD_DEPTH, connect_first=True)
+        pipelines.append(pipeline)
         submit_orphans(spool.folder, pipeline, source, recovery)
         next_scan = time.monotonic() + RECOVER_SECONDS
         while True:
@@ -359,6 +368,7 @@ def run_ingest(settings: Settings, fd: int = 0) -> IngestResult:
         error = exc
     finally:
         reader.request_stop()
+        interrupt.set()  # the run is ending: the drain watch stops, retries end
         if pipeline is not None:
             totals = pipeline.totals.result
             pipeline.abandon()

@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -161,6 +162,7 @@ class Pipeline:
         self.connect_first = connect_first  # connect (and migrate) before any batch comes
         self.source = source
         self.totals = Totals()
+        self.progressed_at = time.monotonic()  # when a batch was last committed
         self.error: BaseException | None = None
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._idle = threading.Condition()
@@ -272,6 +274,7 @@ class Pipeline:
         )  # fmt: skip
         self.totals.result.add(result)
         self.totals.batches += 1
+        self.progressed_at = time.monotonic()
         log.debug(
             "batch: %d records = %d inserted + %d duplicates + %d rejected",
             result.records, result.inserted, result.duplicates, result.rejected,

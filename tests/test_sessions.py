@@ -9,6 +9,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pmta_pipe import db
 from tests.conftest import count, run_cli
+from tests.helpers import stream
 from tests.test_durability import HEADER, numbered, spool_of, spooled_lines
 
 Conn = psycopg.Connection[tuple[object, ...]]
@@ -84,3 +85,14 @@ def test_a_lock_held_by_an_idle_session_is_released_and_the_loader_goes_on(
     assert got.returncode == 0, got.stderr.decode()
     assert ended.is_set()  # the server ended the idle session
     assert count(conn, "SELECT count(*) FROM pmta.events") == 300
+
+
+def test_a_healthy_backlog_outlasts_the_drain_timeout(cli_env: dict[str, str], conn: Conn) -> None:
+    # the drain timeout bounds waiting for a database that does not take the records,
+    # never a database busy loading them: 60,000 records read at once take longer
+    data = stream(60_000, days=2, seed=21)
+    env = dict(cli_env, PMTA_PIPE_DRAIN_TIMEOUT="1", PMTA_PIPE_BATCH_ROWS="2000")
+    got = run_cli(["ingest"], env, input=data, timeout=300)
+    assert got.returncode == 0, got.stderr.decode()
+    assert count(conn, "SELECT count(*) FROM pmta.events") == 60_000
+    assert b"60000 read = 60000 inserted + 0 duplicates + 0 rejected + 0 left" in got.stderr

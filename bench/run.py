@@ -476,8 +476,11 @@ def ingest(dsn: str, path: Path, code: Path | None = None) -> Run:
     return run_child(args, path, env, cwd=code or HERE.parent, dsn=dsn).run
 
 
-def time_replay(admin: str, path: Path, rendered: Rendered, records: int) -> Run:
-    """``pmta-pipe ingest`` of records every one of which is loaded already."""
+def time_replay(
+    admin: str, path: Path, rendered: Rendered, records: int, code: Path | None = None
+) -> Run:
+    """``pmta-pipe ingest`` of records every one of which is loaded already (of the
+    checkout ``code`` when given)."""
     with database(admin) as dsn:
         prepare_events(dsn, rendered)
         with psycopg.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
@@ -490,7 +493,7 @@ def time_replay(admin: str, path: Path, rendered: Rendered, records: int) -> Run
             conn.execute("VACUUM (ANALYZE) pmta.events")  # a table at rest, as autovacuum leaves it
             with suppress(psycopg.Error):  # needs a superuser or pg_checkpoint
                 conn.execute("CHECKPOINT")
-        run = ingest(dsn, path)
+        run = ingest(dsn, path, code)
         with psycopg.connect(dsn, autocommit=True) as conn:
             row = conn.execute(
                 "SELECT count(*), sum(inserted), sum(duplicates) FROM pmta.ingest_batches"
@@ -594,6 +597,17 @@ def bench_size(admin: str, work: Path, records: int, opts: argparse.Namespace) -
             lambda: time_replay(admin, path, rendered, records),
             "",
         ),
+    ]
+    if opts.compare_with:
+        code = Path(opts.compare_with).resolve()
+        paths.append(
+            (
+                f"replay, code of {code.name}",
+                lambda: time_replay(admin, path, rendered, records, code),
+                "",
+            )
+        )
+    paths += [
         ("pmta-pipe import (gzip)", lambda: time_import(admin, gz, records), why),
         (
             f"import --jobs 1 ({SPLIT_FILES} gzip files)",

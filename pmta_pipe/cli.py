@@ -189,7 +189,9 @@ def accounting_line(result: LoadResult, left_in_spool: int | None = None) -> str
 
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     from pmta_pipe.ingest import run_ingest
+    from pmta_pipe.pipeline import tune_gc
 
+    tune_gc()
     result = run_ingest(settings)
     # stdout may be PowerMTA's, and is not read: the summary goes with the logs
     t = result.totals
@@ -204,7 +206,9 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
     from pmta_pipe.importer import import_files
+    from pmta_pipe.pipeline import tune_gc
 
+    tune_gc()
     if args.jobs < 1:
         raise ConfigError("--jobs must be at least 1")
     summary = import_files(settings, args.paths, force=args.force, jobs=args.jobs)
@@ -228,8 +232,10 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from pmta_pipe.pipeline import tune_gc
     from pmta_pipe.replay import replay_spool
 
+    tune_gc()
     try:
         result = replay_spool(settings)
     except DatabaseUnavailable as exc:

@@ -92,7 +92,7 @@ from pmta_pipe.inputs import STDIN, FilePlan, find_inputs, plan_file
 from pmta_pipe.load import Loader, LoadResult, reject_id
 from pmta_pipe.migrate import apply_migrations
 from pmta_pipe.parse import ParsedBatch, RecordParser, Reject
-from pmta_pipe.pipeline import Batch, Pipeline, Receipt
+from pmta_pipe.pipeline import Batch, Pipeline, Receipt, tune_gc
 from pmta_pipe.progress import Progress, make_progress
 from pmta_pipe.reader import iter_batches
 
@@ -586,6 +586,7 @@ class _QueueProgress:
 
 def _work(settings: Settings, conninfo: str, source: str, tasks: Any, events: Any) -> None:
     """A worker process: import the plans it takes from ``tasks`` until a ``None``."""
+    tune_gc()
     logging.basicConfig(
         level=settings.log_level, stream=sys.stderr,
         format="%(asctime)s pmta-pipe[%(process)d] %(levelname)s %(message)s",

@@ -27,3 +27,14 @@ def type_counts(data: bytes) -> Counter[str]:
     """Records per type in an accounting stream, counted independently of pmta-pipe."""
     rows = csv.reader(io.StringIO(data.decode()))
     return Counter(r[0] for r in rows if r and r[0] != "type")
+
+
+def framed(data: bytes) -> list[bytes]:
+    """The whole records of ``data``, cut as the pipe cuts them (``framing.ChunkSplitter``)."""
+    from pmta_pipe.framing import ChunkSplitter
+
+    out: list[bytes] = []
+    splitter = ChunkSplitter()
+    splitter.feed(data, out)
+    splitter.finish(out)
+    return out

@@ -10,12 +10,11 @@ import psycopg
 import pytest
 
 from pmta_pipe.errors import DatabaseUnavailable
-from pmta_pipe.framing import ChunkSplitter
 from pmta_pipe.load import Loader, LoadResult, render_copy
 from pmta_pipe.parse import ParsedBatch, RecordParser
 from pmta_pipe.pipeline import Batch, Pipeline, Receipt
 from tests.conftest import count
-from tests.helpers import stream
+from tests.helpers import framed, stream
 
 Conn = psycopg.Connection[tuple[object, ...]]
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
@@ -23,11 +22,7 @@ ALL = "SELECT * FROM pmta.events ORDER BY time_logged, record_id"
 
 
 def parsed(data: bytes) -> ParsedBatch:
-    out: list[bytes] = []
-    s = ChunkSplitter()
-    s.feed(data, out)
-    s.finish(out)
-    return RecordParser("h").parse(out, NOW)
+    return RecordParser("h").parse(framed(data), NOW)
 
 
 def sub(batch: ParsedBatch, rows: slice) -> ParsedBatch:
@@ -150,16 +145,8 @@ class Tagged(Receipt):
         self.done.append((self.tag, result.inserted))
 
 
-def records_of(data: bytes) -> list[bytes]:
-    out: list[bytes] = []
-    s = ChunkSplitter()
-    s.feed(data, out)
-    s.finish(out)
-    return out
-
-
 def test_pipeline_loads_every_batch_in_order(dsn: str, conn: Conn) -> None:
-    records = records_of(stream(2500, days=2))
+    records = framed(stream(2500, days=2))
     header, body = records[0], records[1:]
     done: list[tuple[object, int]] = []
     pipeline = Pipeline(Loader(dsn), "h")
@@ -177,6 +164,6 @@ def test_pipeline_loads_every_batch_in_order(dsn: str, conn: Conn) -> None:
 
 def test_pipeline_hands_on_the_loading_error() -> None:
     pipeline = Pipeline(Loader("postgresql://nobody@127.0.0.1:1/none", retry_for=0), "h")
-    pipeline.submit(Batch(records_of(stream(10)), NOW, Receipt()), RecordParser("h"))
+    pipeline.submit(Batch(framed(stream(10)), NOW, Receipt()), RecordParser("h"))
     with pytest.raises(DatabaseUnavailable):
         pipeline.close()

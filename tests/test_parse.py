@@ -11,17 +11,13 @@ from pmta_pipe import values
 from pmta_pipe.fields import EVENT_COLUMNS
 from pmta_pipe.framing import ChunkSplitter
 from pmta_pipe.parse import ParsedBatch, RecordParser
+from tests.helpers import framed
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
 COL = {c: i for i, c in enumerate(EVENT_COLUMNS)}
 
 
-def records(data: bytes) -> list[bytes]:
-    out: list[bytes] = []
-    s = ChunkSplitter()
-    s.feed(data, out)
-    s.finish(out)
-    return out
+records = framed  # the whole records of a stream, as the pipe cuts them
 
 
 def parse(data: bytes, parser: RecordParser | None = None) -> ParsedBatch:

@@ -87,7 +87,7 @@ import psycopg
 from pmta_pipe import compression, db, ledger, parse
 from pmta_pipe.config import Settings
 from pmta_pipe.errors import DatabaseUnavailable, PmtaPipeError, SetupFault, first_line
-from pmta_pipe.framing import DEFAULT_MAX_RECORD_BYTES, is_header_record, read_alone
+from pmta_pipe.framing import DEFAULT_MAX_RECORD_BYTES, is_header_record
 from pmta_pipe.inputs import STDIN, FilePlan, find_inputs, plan_file
 from pmta_pipe.load import Loader, LoadResult, reject_id
 from pmta_pipe.migrate import apply_migrations
@@ -316,14 +316,6 @@ def _open(plan: FilePlan) -> BinaryIO:
     return f
 
 
-def _provably_complete(record: bytes, parser: RecordParser) -> bool:
-    """A last record with no line break is whole: its quotes closed, every header field."""
-    if not record.strip() or is_header_record(record):
-        return True
-    row = read_alone(record)
-    return row is not None and len(row) >= parser.header.width  # more: rejected as such
-
-
 def _open_quote(record: bytes) -> bool:
     """The record ends inside a quoted field (framing joined lines until the input ended)."""
     return len(record) < DEFAULT_MAX_RECORD_BYTES and bool(record.count(b'"') & 1)
@@ -441,7 +433,8 @@ def _read_file(
             held += len(final) + 1
         else:
             submit(last[:-1])
-            if _provably_complete(final, parser):
+            # an old file will not grow: every field and the quotes closed are enough
+            if parser.is_whole(final, last_field_closed=False):
                 submit([final])
             else:
                 submit([final], tear=True)

@@ -262,28 +262,37 @@ class RecordParser:
         short). Else it is a reject (``TORN``), which ``rejects retry`` or a later
         import of the whole record resolves.
         """
-        if torn_last and records and not self._provably_complete(records):
+        if torn_last and records and not self.is_whole(records[-1], before=records[:-1]):
             out = self._parse(records[:-1], received_at, first_position)
             out.rejects.append(Reject(_decode(records[-1]), TORN, self.next_position))
             self.next_position += 1
             return out
         return self._parse(records, received_at, first_position)
 
-    def _provably_complete(self, records: Sequence[bytes]) -> bool:
-        last = records[-1]
-        if not last.strip() or is_header_record(last):
+    def is_whole(
+        self, record: bytes, *, before: Sequence[bytes] = (), last_field_closed: bool = True
+    ) -> bool:
+        """Whether ``record``, with no line break after it, can be kept as it is: every
+        field of the header in force (the last header line among ``before``, else this
+        parser's), its quotes closed and, with ``last_field_closed``, its last field
+        closed by the ``\\r`` of a CRLF or a closing quote (an unquoted last value may
+        have been cut short). A blank line or a header line is whole; a record with
+        more fields than its header is left to the usual rules (a reject)."""
+        if not record.strip() or is_header_record(record):
             return True  # not a record: nothing to lose
-        row = read_alone(last)
+        row = read_alone(record)
         if row is None:
             return False  # a quote left open at the end: the input ended inside a field
-        _, header = count_positions(records[:-1])
+        _, header = count_positions(before)
         width = self.header.width
         if header is not None:
             names = read_alone(header)
             width = len(names) if names is not None else width
+        if len(row) >= width and not last_field_closed:
+            return True
         if len(row) > width:
             return True  # more fields: rejected as such by the usual rules
-        closed = last.endswith(b"\r") or (last.endswith(b'"') and row[-1] != "")
+        closed = record.endswith(b"\r") or (record.endswith(b'"') and row[-1] != "")
         return len(row) == width and closed
 
     def _parse(

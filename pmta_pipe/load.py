@@ -416,8 +416,7 @@ class Loader:
             inserted: Sequence[Sequence[str]] = []
             refused: list[_Refused] = []
             if rows:
-                whole = deltas if deltas is not None else rollups.Deltas.of(rows)
-                inserted, refused = self._insert_isolating(conn, cur, rows, raws, positions, whole)
+                inserted, refused = self._insert_isolating(conn, cur, rows, raws, positions, deltas)
             parser_rejects = [(r, None) for r in batch.rejects]
             all_rejects = [*parser_rejects, *((x.reject, x.sqlstate) for x in refused)]
             if all_rejects:

@@ -38,7 +38,11 @@ RSS of the process and its children, sampled every ``SAMPLE_SECONDS`` from
 ``--jobs 2``) and its largest process's ``VmHWM``; the CPU time of the process and
 its children (``os.wait4``); and the CPU time of the PostgreSQL backends serving the
 run's database (``/proc``, sampled, so a backend's last fraction of a second may be
-missed). ``ru_maxrss`` (of ``wait4`` or of ``getrusage(RUSAGE_CHILDREN)``) is not
+missed), and of those, the backends seen in ``pg_stat_activity`` running the rollup
+materializer (``MATERIALIZER_QUERIES``): its share is shown in a column of its own.
+After the clock, every pmta-pipe run checks its row count and that the reports
+(``pmta.rollup_daily``: materialized hours plus the live tail) count every record once.
+``ru_maxrss`` (of ``wait4`` or of ``getrusage(RUSAGE_CHILDREN)``) is not
 used: a child started by ``fork`` or ``vfork`` starts it at the parent's peak, here
 the benchmark's own, and ``RUSAGE_CHILDREN`` keeps the largest of all children so far.
 With several sizes
@@ -93,6 +97,8 @@ QUICK_NAIVE_LIMIT = 2_000
 SPLIT_FILES = 4  # the import --jobs rows: the records in this many gzipped files
 BATCH_ROWS = 5_000  # the loader's default batch, for rendering the keyed COPY
 SAMPLE_SECONDS = 0.2
+#: what a materializer's backend runs (pmta_pipe/materialize.py): its CPU is shown apart
+MATERIALIZER_QUERIES = ("rollup_materialize", "rollup_raise_threshold")
 RECEIVED_AT = datetime(2026, 1, 4, tzinfo=timezone.utc)  # for the rendered rows
 
 
@@ -104,11 +110,16 @@ class Run:
     rss_mb: float = 0.0  # peak RSS of the process and its children
     cpu_s: float = 0.0  # CPU time of the process and its children
     backend_cpu_s: float = 0.0  # CPU time of the PostgreSQL backends of its database
+    materializer_cpu_s: float = 0.0  # of those, the backends that materialized rollups
 
     def scaled(self, factor: float) -> Run:
         """Times extrapolated by ``factor`` (peak RSS is not)."""
         return Run(
-            self.seconds * factor, self.rss_mb, self.cpu_s * factor, self.backend_cpu_s * factor
+            self.seconds * factor,
+            self.rss_mb,
+            self.cpu_s * factor,
+            self.backend_cpu_s * factor,
+            self.materializer_cpu_s * factor,
         )
 
 
@@ -120,6 +131,7 @@ class Result:
     rss_mb: list[float] = field(default_factory=list)
     cpu_s: list[float] = field(default_factory=list)
     backend_cpu_s: list[float] = field(default_factory=list)
+    materializer_cpu_s: list[float] = field(default_factory=list)
     note: str = ""
     skipped: str = ""
 
@@ -136,6 +148,7 @@ class Result:
         self.rss_mb.append(run.rss_mb)
         self.cpu_s.append(run.cpu_s)
         self.backend_cpu_s.append(run.backend_cpu_s)
+        self.materializer_cpu_s.append(run.materializer_cpu_s)
 
 
 # -- the server and its databases -------------------------------------------------
@@ -299,10 +312,14 @@ def _high_water(pid: int) -> int:
 class _Sampler(threading.Thread):
     """Samples the RSS of a process tree and the CPU of the backends of one database."""
 
-    def __init__(self, pid: int, dbname: str | None) -> None:
+    def __init__(self, pid: int, dbname: str | None, admin: str | None = None) -> None:
         super().__init__(daemon=True)
         self.pid = pid
         self.dbname = f" {dbname} ".encode() if dbname else None
+        self._db = dbname
+        self._admin = admin  # to ask pg_stat_activity which backend materializes rollups
+        self._activity: psycopg.Connection[tuple[object, ...]] | None = None
+        self.materializers: set[int] = set()  # backend pids seen running the materializer
         self.peak_rss = 0  # bytes
         self.hwm: dict[int, int] = {}  # pid -> VmHWM, bytes
         self.backend_ticks: dict[int, int] = {}
@@ -320,6 +337,21 @@ class _Sampler(threading.Thread):
         self.join()
         with suppress(Exception):  # the backends outlive their client for a moment
             self._sample()
+        if self._activity is not None:
+            self._activity.close()
+
+    def _note_materializers(self) -> None:
+        """Remember the backends of our database that run the rollup materializer."""
+        if self._admin is None or self._db is None:
+            return
+        if self._activity is None:
+            self._activity = psycopg.connect(self._admin, autocommit=True)
+        rows = self._activity.execute(
+            "SELECT pid, query FROM pg_stat_activity WHERE datname = %s", (self._db,)
+        ).fetchall()
+        for pid, query in rows:
+            if any(q in str(query) for q in MATERIALIZER_QUERIES):
+                self.materializers.add(int(str(pid)))
 
     def _serves_us(self, pid: int) -> bool:
         if pid not in self._ours:
@@ -346,6 +378,8 @@ class _Sampler(threading.Thread):
             for pid, (_, comm, ticks, _) in stats.items():
                 if comm.startswith("postgres") and self._serves_us(pid):
                     self.backend_ticks[pid] = ticks
+            with suppress(Exception):
+                self._note_materializers()
 
     @property
     def peak_mb(self) -> float:
@@ -355,6 +389,11 @@ class _Sampler(threading.Thread):
     @property
     def backend_cpu_s(self) -> float:
         return sum(self.backend_ticks.values()) / os.sysconf("SC_CLK_TCK")
+
+    @property
+    def materializer_cpu_s(self) -> float:
+        ticks = sum(t for pid, t in self.backend_ticks.items() if pid in self.materializers)
+        return ticks / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -379,7 +418,9 @@ def run_child(
     try:
         started = time.perf_counter()
         proc = subprocess.Popen(args, stdin=stdin, stdout=out, stderr=err, env=env, cwd=cwd)
-        sampler = _Sampler(proc.pid, str(dbname) if dbname else None)
+        # pg_stat_activity is read from another database, so that its backend is not ours
+        activity = make_conninfo(dsn, dbname="postgres") if dsn else None
+        sampler = _Sampler(proc.pid, str(dbname) if dbname else None, activity)
         sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - started
@@ -397,7 +438,8 @@ def run_child(
     if proc.returncode != 0:
         raise RuntimeError(f"{args[0]} {args[1:3]} failed ({proc.returncode}): {stderr[-2000:]}")
     cpu = usage.ru_utime + usage.ru_stime
-    return Child(Run(seconds, sampler.peak_mb, cpu, sampler.backend_cpu_s), stdout, stderr)
+    run = Run(seconds, sampler.peak_mb, cpu, sampler.backend_cpu_s, sampler.materializer_cpu_s)
+    return Child(run, stdout, stderr)
 
 
 def child_env() -> dict[str, str]:
@@ -460,11 +502,25 @@ def time_keyed_copy(admin: str, rendered: Rendered, records: int) -> Run:
     return run
 
 
+def check_reports(dsn: str, records: int) -> None:
+    """The reports count every record once (after the clock): ``pmta.rollup_daily``, the
+    materialized hours plus the live tail, sums to ``records``. Skipped for a checkout
+    that keeps the rollups per batch (no ``pmta.rollup_state``; its replay row is loaded
+    by COPY, without rollups)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT to_regclass('pmta.rollup_state')").fetchone()
+        if row is None or row[0] is None:
+            return
+        total = conn.execute("SELECT coalesce(sum(n), 0) FROM pmta.rollup_daily").fetchone()
+    assert total is not None and total[0] == records, (total, records)
+
+
 def time_ingest(admin: str, path: Path, records: int, code: Path | None = None) -> Run:
     """``pmta-pipe ingest``; of the checkout ``code`` instead of this one when given."""
     with database(admin) as dsn:
         run = ingest(dsn, path, code)
         assert count(dsn, "pmta.events") == records
+        check_reports(dsn, records)
     return run
 
 
@@ -500,6 +556,7 @@ def time_replay(
             ).fetchone()
         assert count(dsn, "pmta.events") == records
         assert row is not None and row[1] == 0 and row[2] == records, row
+        check_reports(dsn, records)
     return run
 
 
@@ -523,6 +580,7 @@ def time_import(admin: str, files: list[Path], records: int, jobs: int | None = 
             args += ["--jobs", str(jobs)]
         run = run_child([*args, *map(str, files)], None, child_env(), dsn=dsn).run
         assert count(dsn, "pmta.events") == records
+        check_reports(dsn, records)
     return run
 
 
@@ -652,7 +710,8 @@ def bench_size(admin: str, work: Path, records: int, opts: argparse.Namespace) -
             res.add(run)
             print(f"  round {i + 1}, {name}: {run.seconds:.2f} s, "
                   f"{records / run.seconds:,.0f} rec/s, peak RSS {run.rss_mb:.0f} MB, "
-                  f"CPU {run.cpu_s:.1f} s, backend CPU {run.backend_cpu_s:.1f} s",
+                  f"CPU {run.cpu_s:.1f} s, backend CPU {run.backend_cpu_s:.1f} s "
+                  f"(materializer {run.materializer_cpu_s:.1f} s)",
                   file=sys.stderr)  # fmt: skip
     for _, seg in rendered.segments:
         seg.unlink(missing_ok=True)
@@ -663,19 +722,20 @@ def markdown(results: list[Result]) -> str:
     base = {r.records: r.median for r in results if r.path == BASELINE and r.seconds}
     lines = [
         "| path | records | seconds, median (range) | records/s | share of COPY "
-        "| peak RSS MB | CPU s | backend CPU s | note |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| peak RSS MB | CPU s | backend CPU s | of it materializer s | note |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
         if r.skipped:
-            lines.append(f"| {r.path} | {r.records:,} | | | | | | | {r.skipped} |")
+            lines.append(f"| {r.path} | {r.records:,} | | | | | | | | {r.skipped} |")
             continue
         share = base[r.records] / r.median if r.records in base else float("nan")
         spread = f" ({min(r.seconds):.2f}-{max(r.seconds):.2f})" if len(r.seconds) > 1 else ""
         lines.append(
             f"| {r.path} | {r.records:,} | {r.median:.2f}{spread} | {r.rate:,.0f} | "
             f"{share:.2f} | {max(r.rss_mb):.0f} | {statistics.median(r.cpu_s):.1f} | "
-            f"{statistics.median(r.backend_cpu_s):.1f} | {r.note} |"
+            f"{statistics.median(r.backend_cpu_s):.1f} | "
+            f"{statistics.median(r.materializer_cpu_s):.1f} | {r.note} |"
         )
     return "\n".join(lines)
 

@@ -236,10 +236,7 @@ class _FileParser(RecordParser):
         """The one record of ``out`` (an event or a reject) becomes a ``TORN`` reject."""
         if out.rows:
             raw, position = out.raw[0], out.positions[0]
-            out.rows.clear()
-            out.raw.clear()
-            out.positions.clear()
-            out.days.clear()
+            out.drop_rows()
         elif out.rejects:
             raw, position = out.rejects[0].raw, out.rejects[0].position
         else:

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -61,8 +62,8 @@ from itertools import chain, islice, repeat
 from operator import itemgetter, methodcaller
 from typing import TYPE_CHECKING
 
-from pmta_pipe import values
-from pmta_pipe.fields import DEFAULT_V5_HEADER, KNOWN_FIELDS, KNOWN_INDEX
+from pmta_pipe import fastpath, values
+from pmta_pipe.fields import DEFAULT_V5_HEADER, EVENT_COLUMNS, KNOWN_FIELDS, KNOWN_INDEX
 from pmta_pipe.framing import (
     DEFAULT_MAX_RECORD_BYTES,
     count_positions,
@@ -91,6 +92,7 @@ CUT = (
 _TIME_FALLBACKS = ("timeQueued", "timeFirstAttempt")
 _FALLBACKS = [KNOWN_INDEX[n.lower()] for n in _TIME_FALLBACKS]
 _I_RCPT = KNOWN_INDEX["rcpt"]
+_RECORD_ID = EVENT_COLUMNS.index("record_id")
 #: record types that take the first pass's shortest way (any other type is kept too)
 _USUAL_TYPES = frozenset(("d", "b", "t", "tq", "r", "f", "rb", "rs"))
 
@@ -148,21 +150,113 @@ class Reject:
     position: int
 
 
-@dataclass
 class ParsedBatch:
-    """What ``RecordParser.parse`` made of some records."""
+    """What ``RecordParser.parse`` made of some records.
 
-    source: str = ""
-    rows: list[Sequence[str]] = field(default_factory=list)  # in fields.EVENT_COLUMNS order
-    raw: list[str] = field(default_factory=list)  # raw text of each row, for rejects
-    positions: list[int] = field(default_factory=list)  # position of each row
-    rejects: list[Reject] = field(default_factory=list)
-    days: set[date] = field(default_factory=set)  # UTC days of time_logged
-    headers: int = 0
+    Per row, in ``fields.EVENT_COLUMNS`` order: ``rows`` (the values), ``lines`` (the
+    row's COPY line, ``copy_format`` text or csv, as ``load.render_copy`` writes the
+    batch), ``ids`` (record_id), ``times`` (time_logged), ``raw`` (the record's text,
+    for rejects) and ``positions``. The compiled path makes the lines and decodes
+    ``rows`` from them only when asked; the pure path makes the rows, and the lines
+    when asked. Either way both give the same.
+    """
+
+    def __init__(
+        self,
+        source: str = "",
+        rows: list[Sequence[str]] | None = None,
+        raw: list[str] | None = None,
+        positions: list[int] | None = None,
+        rejects: list[Reject] | None = None,
+        days: set[date] | None = None,
+        headers: int = 0,
+        *,
+        lines: list[str] | None = None,
+        ids: list[str] | None = None,
+        times: list[str] | None = None,
+    ) -> None:
+        self.source = source
+        self.raw: list[str] = [] if raw is None else raw
+        self.positions: list[int] = [] if positions is None else positions
+        self.rejects: list[Reject] = [] if rejects is None else rejects
+        self.days: set[date] = set() if days is None else days  # UTC days of time_logged
+        self.headers = headers
+        # text-format lines when given; else the rows, and the lines made from them
+        self._lines: list[str] | None = lines if rows is None else None
+        self._rows: list[Sequence[str]] | None = (
+            rows if rows is not None or lines is not None else []
+        )
+        self._format = "text"
+        self.ids: list[str] = ids if ids is not None else [r[_RECORD_ID] for r in self.rows]
+        self.times: list[str] = times if times is not None else [r[0] for r in self.rows]
+
+    @property
+    def rows(self) -> list[Sequence[str]]:
+        if self._rows is None:
+            assert self._lines is not None
+            self._rows = [tuple(line[:-1].split("\t")) for line in self._lines]
+        return self._rows
+
+    @property
+    def lines(self) -> list[str]:
+        """Each row's COPY line, ``\\n`` included; ``"".join(lines)`` is the batch's data."""
+        if self._lines is None:
+            self._format, self._lines = copy_lines(self.rows)
+        return self._lines
+
+    @property
+    def copy_format(self) -> str:
+        """``"text"`` or ``"csv"``: the format of ``lines`` (see ``load.render_copy``)."""
+        self.lines  # noqa: B018  # made with its format
+        return self._format
 
     @property
     def records(self) -> int:
-        return len(self.rows) + len(self.rejects)
+        return len(self.ids) + len(self.rejects)
+
+    def drop_rows(self) -> None:
+        """Forget every row (its lines, ids, times, raw text, position and day)."""
+        self._rows, self._lines, self._format = [], None, "text"
+        for column in (self.raw, self.positions, self.ids, self.times):
+            column.clear()
+        self.days.clear()
+
+    def extend(self, other: ParsedBatch) -> None:
+        """Append the rows, rejects and days of ``other`` to this batch's."""
+        self._rows = [*self.rows, *other.rows]
+        self._lines, self._format = None, "text"
+        self.raw.extend(other.raw)
+        self.positions.extend(other.positions)
+        self.ids.extend(other.ids)
+        self.times.extend(other.times)
+        self.rejects.extend(other.rejects)
+        self.days.update(other.days)
+        self.headers += other.headers
+
+
+def copy_lines(rows: Sequence[Sequence[str]]) -> tuple[str, list[str]]:
+    """``(format, lines)``: each row's COPY line, exactly as ``load.render_copy(rows)``
+    writes the batch (text when no value holds a tab, line break, CR or backslash)."""
+    if not rows:
+        return "text", []
+    joined = list(map("\t".join, rows))
+    data = "\n".join(joined)
+    if (
+        data.count("\t") == len(rows) * (len(rows[0]) - 1)
+        and data.count("\n") == len(rows) - 1
+        and "\\" not in data
+        and "\r" not in data
+    ):
+        return "text", [line + "\n" for line in joined]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    sizes = [writer.writerow(row) for row in rows]
+    data = buf.getvalue()
+    lines, at = [], 0
+    for size in sizes:
+        lines.append(data[at : at + size])
+        at += size
+    return "csv", lines
 
 
 class Header:
@@ -237,11 +331,22 @@ class _Segment:
 class RecordParser:
     """Parses records of one input (a pipe or a file), remembering its current header."""
 
-    def __init__(self, source: str, header: Header | None = None) -> None:
+    def __init__(
+        self, source: str, header: Header | None = None, *, compiled: bool | None = None
+    ) -> None:
+        """``compiled``: take the compiled hot path (``True``), the pure-Python one
+        (``False``), or as ``fastpath.parser_path`` says (``None``, which raises for
+        ``PMTA_PIPE_PARSER=compiled`` without the extension)."""
         self.source = source
         self.header = header or Header.default()
         self.header_line: str | None = None
         self.next_position = 1
+        if compiled is None:
+            compiled = fastpath.parser_path()[0] == fastpath.COMPILED
+        elif compiled and not fastpath.available():
+            raise ValueError("the compiled parser is not built")
+        self.compiled = compiled
+        self._plan: tuple[Header, fastpath.Plan | None] | None = None
 
     def parse(
         self,
@@ -296,6 +401,80 @@ class RecordParser:
         return len(row) == width and closed
 
     def _parse(
+        self, records: Sequence[bytes], received_at: datetime, first_position: int | None
+    ) -> ParsedBatch:
+        if self.compiled:
+            source = _source_bytes(self.source)
+            if source is not None:
+                return self._parse_compiled(list(records), received_at, first_position, source)
+        return self._parse_python(records, received_at, first_position)
+
+    def _header_plan(self) -> fastpath.Plan | None:
+        if self._plan is None or self._plan[0] is not self.header:
+            self._plan = (self.header, fastpath.plan(self.header))
+        return self._plan[1]
+
+    def _parse_compiled(
+        self,
+        records: list[bytes],
+        received_at: datetime,
+        first_position: int | None,
+        source: bytes,
+    ) -> ParsedBatch:
+        """The compiled path: ``_fastpath.parse`` takes the ordinary records, and each run
+        of the others (``slow``) is read by ``_parse_python`` in its place, so that
+        rows, rejects, positions and headers come out in input order as the pure path
+        makes them."""
+        out = ParsedBatch(source=self.source, lines=[], ids=[], times=[])
+        if first_position is not None:
+            self.next_position = first_position
+        position = self.next_position - 1
+        parts = _Parts()
+        n, i = len(records), 0
+        while i < n:
+            plan = self._header_plan()
+            if plan is None:  # no timeLogged in this header: the pure path for the rest
+                parts.pure(out, self._parse_python(records[i:], received_at, position + 1))
+                position = self.next_position - 1
+                break
+            stop, c_lines, ids, times, raws, days, slow = fastpath.parse(records, i, plan, source)
+            out.days.update(map(date.fromordinal, days))
+            if not slow:
+                parts.fast(
+                    out, c_lines, ids, times, raws, range(position + 1, position + 1 + stop - i)
+                )
+                position += stop - i
+                i = stop
+                continue
+            c, j, k = 0, i, 0  # cursor into the C outputs, next record, next slow index
+            while k < len(slow):
+                s = slow[k]
+                m = s - j  # ordinary records before this run of slow ones
+                if m:
+                    parts.fast(out, c_lines[c : c + m], ids[c : c + m], times[c : c + m],
+                               raws[c : c + m], range(position + 1, position + 1 + m))  # fmt: skip
+                    position += m
+                    c += m
+                e = s + 1
+                k += 1
+                while k < len(slow) and slow[k] == e:
+                    e += 1
+                    k += 1
+                parts.pure(out, self._parse_python(records[s:e], received_at, position + 1))
+                position = self.next_position - 1
+                j = e
+            m = stop - j
+            if m:
+                parts.fast(out, c_lines[c:], ids[c:], times[c:], raws[c:],
+                           range(position + 1, position + 1 + m))  # fmt: skip
+                position += m
+            i = stop
+        self.next_position = position + 1
+        parts.finish(out)
+        out.rejects.sort(key=_position_of)
+        return out
+
+    def _parse_python(
         self, records: Sequence[bytes], received_at: datetime, first_position: int | None
     ) -> ParsedBatch:
         out = ParsedBatch(source=self.source)
@@ -471,6 +650,8 @@ class RecordParser:
                 strict=False,  # repeat() is endless
             )
         )
+        out.ids.extend(ids)
+        out.times.extend(map(_first, times))  # type: ignore[arg-type]
         out.raw.extend(map(texts.__getitem__, seg.lines))
         out.positions.extend(seg.positions)
 
@@ -524,6 +705,74 @@ def _fallback_time(
             return t
     extra["pmtaPipeTimeFrom"] = "received"
     return received_iso, received_day
+
+
+class _Parts:
+    """The pieces of a compiled batch, in order: C's lines, and batches of the pure path.
+
+    While every piece is in text format, the batch's lines are their lines; once a
+    piece of the pure path needs CSV (a value with a tab, line break, CR or
+    backslash), the whole batch is CSV, as ``load.render_copy`` makes it: the lines
+    are then made again from the rows of every piece."""
+
+    def __init__(self) -> None:
+        self.text = True
+        self.pieces: list[tuple[list[str], ParsedBatch | None]] = []
+
+    def fast(
+        self,
+        out: ParsedBatch,
+        lines: list[str],
+        ids: list[str],
+        times: list[str],
+        raws: list[str],
+        positions: range,
+    ) -> None:
+        self.pieces.append((lines, None))
+        out.ids.extend(ids)
+        out.times.extend(times)
+        out.raw.extend(raws)
+        out.positions.extend(positions)
+
+    def pure(self, out: ParsedBatch, sub: ParsedBatch) -> None:
+        if sub.copy_format != "text":
+            self.text = False
+        self.pieces.append((sub.lines, sub))
+        out.ids.extend(sub.ids)
+        out.times.extend(sub.times)
+        out.raw.extend(sub.raw)
+        out.positions.extend(sub.positions)
+        out.rejects.extend(sub.rejects)
+        out.days.update(sub.days)
+        out.headers += sub.headers
+
+    def finish(self, out: ParsedBatch) -> None:
+        """Fill ``out``'s lines, or its rows for a CSV batch."""
+        if self.text:
+            if len(self.pieces) == 1:
+                out._lines = self.pieces[0][0]
+            else:
+                out._lines = [line for piece, _ in self.pieces for line in piece]
+            out._rows = None  # decoded from the lines when asked
+            return
+        rows: list[Sequence[str]] = []
+        for piece, sub in self.pieces:
+            if sub is None or sub.copy_format == "text":
+                rows.extend(tuple(line[:-1].split("\t")) for line in piece)
+            else:
+                rows.extend(sub.rows)
+        out._rows, out._lines = rows, None
+
+
+def _source_bytes(source: str) -> bytes | None:
+    """``source`` as the C code writes it into a line, or ``None`` when it needs the pure
+    path (a value that makes the batch CSV, or not encodable)."""
+    if any(c in source for c in "\t\n\r\\"):
+        return None
+    try:
+        return source.encode()
+    except UnicodeEncodeError:
+        return None
 
 
 def _position_of(reject: Reject) -> int:

@@ -293,13 +293,7 @@ def _parse(row: RejectRow) -> _Retried:
 def _merge(source: str, items: Sequence[_Retried]) -> ParsedBatch:
     out = ParsedBatch(source=source)
     for it in items:
-        p = it.parsed
-        out.rows.extend(p.rows)
-        out.raw.extend(p.raw)
-        out.positions.extend(p.positions)
-        out.rejects.extend(p.rejects)
-        out.days.update(p.days)
-        out.headers += p.headers
+        out.extend(it.parsed)
     return out
 
 

@@ -1,11 +1,11 @@
-"""Load one parsed batch into PostgreSQL: COPY, rollups, rejects and bookkeeping in one transaction.
+"""Load one parsed batch into PostgreSQL: COPY, rejects and bookkeeping in one transaction.
 
 ``Loader.load`` takes a ``ParsedBatch`` and, in one transaction:
 
 1. (before it, in a short transaction of its own) creates the daily partitions the
    batch needs (``pmta.ensure_partitions``), so that loaders never hold partition locks;
    a day ``prune`` sealed (``pmta.pruned_days``) gets none, and the batch's records of
-   it are counted as duplicates, not loaded (its rollups count them already);
+   it are counted as duplicates, not loaded (its materialized rollups count them already);
 2. inserts the rows into ``pmta.events``, one of two ways, each inside a savepoint:
 
    * fast way (new records, the usual case): ``COPY`` straight into ``pmta.events``.
@@ -16,12 +16,14 @@
 
    After a batch with duplicates the loader keeps to the safe way (a replay would
    otherwise do every insert twice) until a batch comes with none;
-3. adds the rows it really inserted to the report rollups (``rollups``: their groups
-   are counted in Python, COPYed into ``batch_rollups`` and upserted), in the same
-   savepoint as the insert;
-4. stores the batch's rejects in ``pmta.rejects``;
-5. runs the caller's ``bookkeeping`` (the ``pmta.ingest_batches`` row, the import
-   ledger), so that it commits with the events or not at all; then COMMIT.
+3. stores the batch's rejects in ``pmta.rejects``;
+4. runs the caller's ``bookkeeping`` (the ``pmta.ingest_batches`` row, the hours to
+   count again for the report rollups, the import ledger), so that it commits with
+   the events or not at all; then COMMIT.
+
+The report rollups are not maintained here: ``materialize`` counts them in bulk from
+``pmta.events``, and the bookkeeping of a batch that inserted rows logs the hours it
+touched below the invalidation threshold (``pipeline.record_batch``).
 
 What goes wrong is sorted by ``faults.classify``:
 
@@ -61,7 +63,7 @@ import psycopg
 import tenacity
 from psycopg import errors as pg_errors
 
-from pmta_pipe import db, faults, rollups, values
+from pmta_pipe import db, faults, values
 from pmta_pipe.errors import DatabaseUnavailable, MigrationError, SetupFault, first_line
 from pmta_pipe.faults import Fault
 from pmta_pipe.fields import EVENT_COLUMNS
@@ -78,7 +80,6 @@ _SETUP = (
     "SET TIME ZONE 'UTC'",
     "SET temp_buffers = '32MB'",  # before the first use of a temporary table
     "CREATE TEMP TABLE IF NOT EXISTS batch_stage (LIKE pmta.events) ON COMMIT DELETE ROWS",
-    rollups.CREATE_TEMP_TABLE,
 )
 _COPY_CSV = "COPY {table} ({columns}) FROM STDIN (FORMAT csv)"
 _COPY_TEXT = "COPY {table} ({columns}) FROM STDIN (FORMAT text, NULL '')"
@@ -312,14 +313,12 @@ class Loader:
         header_line: str | None = None,
         *,
         received_at: datetime | None = None,
-        deltas: rollups.Deltas | None = None,
         bookkeeping: Bookkeeping | None = None,
     ) -> LoadResult:
         """Load ``batch`` exactly once, retrying as ``faults`` decides; see the module docstring.
 
-        ``deltas``, when given, are the rollups of all of ``batch.rows``, counted
-        ahead; they are used when every row is new. ``bookkeeping`` runs inside the
-        batch's transaction, after the events, rollups and rejects. Raises
+        ``bookkeeping`` runs inside the batch's transaction, after the events and
+        rejects. Raises
         ``DatabaseUnavailable`` when the database stays away longer than
         ``retry_for`` (or ``interrupt`` is set), ``SetupFault`` for a fault of the
         setup that is not held (or still there when ``interrupt`` is set).
@@ -328,10 +327,10 @@ class Loader:
 
         def attempt() -> LoadResult:
             try:
-                return self._load_once(batch, header_line, stamp, deltas, bookkeeping)
+                return self._load_once(batch, header_line, stamp, bookkeeping)
             except _PartitionMissing:
                 self._days.clear()  # dropped since we made it: make it again, once
-                return self._load_once(batch, header_line, stamp, deltas, bookkeeping)
+                return self._load_once(batch, header_line, stamp, bookkeeping)
 
         return self.run(attempt)
 
@@ -398,7 +397,6 @@ class Loader:
         batch: ParsedBatch,
         header_line: str | None,
         received_at: datetime,
-        deltas: rollups.Deltas | None,
         bookkeeping: Bookkeeping | None,
     ) -> LoadResult:
         conn = self.connection()
@@ -409,14 +407,13 @@ class Loader:
             rows = [rows[j] for j in keep]
             raws = [raws[j] for j in keep]
             positions = [positions[j] for j in keep]
-            deltas = None  # counted for every row: count again what is inserted
         result = LoadResult(records=batch.records)
         # one transaction: the savepoints inside (isolation, the fast way) nest in it
         with conn.transaction(), conn.cursor() as cur:
             inserted: Sequence[Sequence[str]] = []
             refused: list[_Refused] = []
             if rows:
-                inserted, refused = self._insert_isolating(conn, cur, rows, raws, positions, deltas)
+                inserted, refused = self._insert_isolating(conn, cur, rows, raws, positions)
             parser_rejects = [(r, None) for r in batch.rejects]
             all_rejects = [*parser_rejects, *((x.reject, x.sqlstate) for x in refused)]
             if all_rejects:
@@ -455,21 +452,12 @@ class Loader:
         rows: Sequence[Sequence[str]],
         raws: Sequence[str],
         positions: Sequence[int],
-        deltas: rollups.Deltas | None = None,
     ) -> tuple[Sequence[Sequence[str]], list[_Refused]]:
-        """Insert ``rows`` and add the new ones to the rollups, in a savepoint; a record
-        PostgreSQL refuses (in either) is isolated by halving, each half in a savepoint.
-
-        ``deltas`` are the rollups of all of ``rows``, counted ahead (used when every
-        row is new)."""
+        """Insert ``rows`` in a savepoint; a record PostgreSQL refuses is isolated by
+        halving, each half in a savepoint."""
         try:
             with conn.transaction():  # a savepoint inside the batch's transaction
-                inserted = self._insert_rows(conn, cur, rows)
-                if inserted:
-                    if deltas is None or len(inserted) < len(rows):
-                        deltas = rollups.Deltas.of(inserted)  # only this batch's new rows
-                    self._add_rollups(cur, deltas)
-                return inserted, []
+                return self._insert_rows(conn, cur, rows), []
         except psycopg.Error as exc:
             if isinstance(exc, pg_errors.CheckViolation) and exc.diag.constraint_name is None:
                 raise _PartitionMissing from exc  # "no partition of relation found for row"
@@ -487,17 +475,6 @@ class Loader:
             conn, cur, rows[half:], raws[half:], positions[half:]
         )
         return [*a_rows, *b_rows], [*a_refused, *b_refused]
-
-    @staticmethod
-    def _add_rollups(cur: psycopg.Cursor[Any], deltas: rollups.Deltas) -> None:
-        """Add the batch's new rows, counted in ``deltas``, to the report rollups."""
-        groups = deltas.rows()
-        if not groups:
-            return
-        fmt, data = render_copy(groups)
-        with cur.copy(_copy_statement("batch_rollups", fmt, rollups.COLUMNS)) as copy:
-            copy.write(data)
-        cur.execute(rollups.APPLY)
 
     def _insert_rows(
         self, conn: psycopg.Connection[Any], cur: psycopg.Cursor[Any], rows: Sequence[Sequence[str]]

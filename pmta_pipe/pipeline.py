@@ -1,4 +1,4 @@
-"""The one pipeline every command loads through: parse, count rollups, load, acknowledge.
+"""The one pipeline every command loads through: parse, load, acknowledge.
 
 ``ingest`` (the pipe), ``import`` (files), ``replay`` (the spool) and ``rejects
 retry`` all hand their input to a ``Pipeline`` as ``Batch``-es: whole records, the
@@ -6,11 +6,11 @@ time they were received, and a ``Receipt`` that says where the batch came from a
 what to do once it is committed. The pipeline::
 
     caller's thread:  Batch --parse (RecordParser, the input's own)--> rows + rejects
-                      --count the rollup groups (rollups.Deltas)--> bounded queue
-    loader thread:    Loader.load: one transaction with the events, rollups,
-                      rejects, the pmta.ingest_batches row and receipt.in_transaction
-                      (the import ledger) --COMMIT--> receipt.committed (the spool
-                      deletes what is loaded)
+                      --> bounded queue
+    loader thread:    Loader.load: one transaction with the events, rejects, the
+                      pmta.ingest_batches row (and the hours the report rollups must
+                      count again), receipt.in_transaction (the import ledger)
+                      --COMMIT--> receipt.committed (the spool deletes what is loaded)
 
 Parsing the next batch overlaps loading the previous one (psycopg releases the GIL
 while PostgreSQL works). Receipts are acknowledged in submission order, in the
@@ -26,6 +26,9 @@ Every committed batch writes one row to ``pmta.ingest_batches`` (route, source,
 records = inserted + duplicates + rejected, the rejects PostgreSQL refused, the
 first and last ``time_logged``, the spool segment and offset or the imported file),
 in the batch's own transaction: the table is an exact account of what was loaded.
+A batch that inserted rows also calls ``pmta.note_inserted(first, last)`` there,
+which logs the hours of that range below the rollups' invalidation threshold
+(``materialize``); a batch of duplicates only logs nothing.
 """
 
 from __future__ import annotations
@@ -42,7 +45,6 @@ from typing import Any
 
 import psycopg
 
-from pmta_pipe import rollups
 from pmta_pipe.load import Loader, LoadResult
 from pmta_pipe.parse import ParsedBatch, RecordParser
 from pmta_pipe.spool import SpooledBatch
@@ -118,7 +120,6 @@ class _Item:
     batch: Batch
     parsed: ParsedBatch
     header_line: str | None
-    deltas: rollups.Deltas | None
 
 
 _STOP = object()
@@ -150,7 +151,8 @@ def record_batch(
     rows: Sequence[Sequence[str]],
     received_at: datetime,
 ) -> None:
-    """Write the batch's ``pmta.ingest_batches`` row (call inside its transaction)."""
+    """Write the batch's ``pmta.ingest_batches`` row (call inside its transaction), and,
+    when it inserted rows, log the hours of its time range the rollups must count again."""
     first, last = _time_range(rows)
     conn.execute(
         _BATCH_ROW,
@@ -160,6 +162,8 @@ def record_batch(
             receipt.spool_segment, receipt.spool_offset, result.records, receipt.import_path,
         ),
     )  # fmt: skip
+    if result.inserted:
+        conn.execute("SELECT pmta.note_inserted(%s, %s)", (first, last))
 
 
 class Pipeline:
@@ -182,17 +186,12 @@ class Pipeline:
 
     # -- the caller's side --------------------------------------------------
     def submit(self, batch: Batch, parser: RecordParser) -> ParsedBatch:
-        """Parse ``batch`` with ``parser`` (which follows the input's header lines), count
-        its rollups, and queue it; blocks while ``depth`` batches wait already."""
+        """Parse ``batch`` with ``parser`` (which follows the input's header lines) and
+        queue it; blocks while ``depth`` batches wait already."""
         parsed = parser.parse(
             batch.records, batch.received_at, batch.first_position, torn_last=batch.torn_last
         )
-        # counted ahead (while the loader waits on the database) only when the loader is
-        # on its fast way, where every row is new; after duplicates it counts the rows it
-        # really inserts itself, so a replay of loaded records counts nothing
-        ahead = parsed.rows and self.loader.fast
-        deltas = rollups.Deltas.of(parsed.rows) if ahead else None
-        self._put(_Item(batch, parsed, parser.header_line, deltas))
+        self._put(_Item(batch, parsed, parser.header_line))
         return parsed
 
     def _put(self, item: object) -> None:
@@ -283,8 +282,7 @@ class Pipeline:
             receipt.in_transaction(conn, result)
 
         result = self.loader.load(
-            parsed, item.header_line, received_at=batch.received_at, deltas=item.deltas,
-            bookkeeping=bookkeeping,
+            parsed, item.header_line, received_at=batch.received_at, bookkeeping=bookkeeping,
         )  # fmt: skip
         self.totals.result.add(result)
         self.totals.batches += 1

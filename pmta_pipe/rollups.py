@@ -1,32 +1,15 @@
-"""Report rollups of a batch, counted by the loader and added to PostgreSQL in a few rows.
+"""The report rollups' derivations in Python: the independent reference of the SQL.
 
-Each loaded batch adds its new records to the four rollup tables of
-``sql/migrations/0002_reports.sql`` (``pmta.rollup_daily``, ``rollup_hourly``,
-``rollup_diag``, ``rollup_delivery_time``), in the batch's own transaction. The
-records are counted here, in the loader's process (``Deltas``); the loader COPYs
-the groups into the temporary table ``batch_rollups`` and runs ``APPLY``, one
-``INSERT … SELECT … ON CONFLICT DO UPDATE`` per table. PostgreSQL then only updates
-the few thousand rollup rows a batch touches, instead of grouping the batch's rows
-and normalizing every distinct diagnostic itself. Measured in
-``docs/performance.md`` ("Rollups counted by the loader").
-
-The derivations are those of the SQL functions in ``0002_reports.sql``
-(``pmta.utc_day``, ``utc_hour``, ``rollup_domain``, ``rollup_ip``, ``rollup_job``,
-``rollup_bounce_cat``, ``reply_code``, ``diag_pattern``, ``delivery_seconds``,
-``delivery_bin``), which stay in the database as their reference definition:
-``tests/test_rollups.py`` compares the two on every field of the reference samples,
-and ``tests/test_reports_rollups.py`` recounts every rollup from ``pmta.events``
-with them, and rebuilds them with ``pmta.apply_rollups()``, and compares. The
-regular expressions are PostgreSQL's, written for Python's ``re``: ``\\m``/``\\M``
-(word start/end) become ``\\b``, ``\\d`` becomes ``[0-9]``; for ASCII text (SMTP
-replies are ASCII unless SMTPUTF8) the results are the same.
-``example`` of ``rollup_diag`` is the smallest raw text by code point
-(``COLLATE "C"``), whatever the database's collation. Every text key is bounded by
-``rollup_key`` (``pmta.rollup_key``, migration 0007), so that no value can make an
-index entry too large.
-
-Input rows are ``pmta.events`` rows as the parser makes them: text in
-``EVENT_COLUMNS`` order, ``''`` for NULL.
+The rollups are counted by PostgreSQL (``materialize``, ``sql/views/05_rollups.sql``)
+with the SQL functions of ``sql/migrations/0002_reports.sql`` (``pmta.utc_day``,
+``utc_hour``, ``rollup_domain``, ``rollup_ip``, ``rollup_job``, ``rollup_bounce_cat``,
+``reply_code``, ``diag_pattern``, ``delivery_seconds``, ``delivery_bin``) and
+``pmta.rollup_key`` (0007). This module computes the same in Python, so that tests
+can count the input independently of the database: ``tests/test_rollups.py``
+compares the two on every field of the reference samples. The regular expressions
+are PostgreSQL's, written for Python's ``re``: ``\\m``/``\\M`` (word start/end) become
+``\\b``, ``\\d`` becomes ``[0-9]``; for ASCII text (SMTP replies are ASCII unless
+SMTPUTF8) the results are the same.
 """
 
 from __future__ import annotations
@@ -35,7 +18,6 @@ import hashlib
 import json
 import math
 import re
-from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
@@ -209,169 +191,3 @@ def _x_job(extra: str) -> str:
         return ""
     value: Any = json.loads(extra).get("header_X-job")
     return "" if value is None else str(value)
-
-
-# -- one batch -------------------------------------------------------------------------
-class Deltas:
-    """What a batch's new rows add to each rollup table."""
-
-    def __init__(self) -> None:
-        self.daily: Counter[tuple[str, ...]] = Counter()
-        self.hourly: Counter[tuple[str, ...]] = Counter()
-        self.diag: Counter[tuple[str, ...]] = Counter()
-        self.diag_example: dict[tuple[str, ...], str] = {}
-        self.delivery_time: Counter[tuple[str, str, str, int]] = Counter()
-
-    @classmethod
-    def of(cls, rows: Sequence[Sequence[str]]) -> Deltas:
-        """The groups of ``rows``."""
-        deltas = cls()
-        deltas.add(rows)
-        return deltas
-
-    def add(self, rows: Sequence[Sequence[str]]) -> None:
-        """Count ``rows`` (rows of ``pmta.events``, as the parser makes them).
-
-        Column by column: the two large tables are counted by ``Counter.update`` over
-        zipped columns (C code); only the rows that need it take a Python step.
-        """
-        if not rows:
-            return
-        (logged, rtype, source, domain, queue, dlv_ip, rep_ip, vmta, pool, job, extra,
-         bounce_cat, dsn_diag, dsn_status, seconds_queued, queued) = (
-            list(map(column, rows)) for column in _COLUMNS)  # fmt: skip
-        days, hours = _all_buckets(logged)
-        kinds = set(rtype)
-        domains: Sequence[str] = domain
-        if "tq" in kinds:
-            domains = [
-                q.partition("/")[0].lower() if not d and t == "tq" else d
-                for d, t, q in zip(domain, rtype, queue, strict=True)
-            ]
-        ips: Sequence[str]
-        jobs: Sequence[str] = job
-        if "f" in kinds:
-            ips = [
-                (r if t == "f" else d) or _NO_IP
-                for d, r, t in zip(dlv_ip, rep_ip, rtype, strict=True)
-            ]
-            jobs = [
-                _x_job(e) if not j and t == "f" else j
-                for j, e, t in zip(job, extra, rtype, strict=True)
-            ]
-        else:
-            ips = [d or _NO_IP for d in dlv_ip]
-        cats: Sequence[str] = ("",) * len(rtype)
-        if kinds & _BOUNCE_TYPES:
-            cats = [c if t in _BOUNCE_TYPES else "" for c, t in zip(bounce_cat, rtype, strict=True)]
-        # every text key bounded (rollup_key); a no-op unless a value is over KEY_CHARS
-        keys: list[Sequence[str]] = [
-            _bounded(c) for c in (source, rtype, domains, vmta, pool, jobs, cats)
-        ]
-        source, rtype = list(keys[0]), list(keys[1])
-        domains, vmta, pool, jobs, cats = keys[2], list(keys[3]), list(keys[4]), keys[5], keys[6]
-        self.daily.update(
-            zip(days, source, rtype, domains, ips, vmta, pool, jobs, cats, strict=True)
-        )
-        self.hourly.update(zip(hours, source, rtype, domains, ips, cats, strict=True))
-
-        if kinds & _DIAG_TYPES:
-            diag, examples = self.diag, self.diag_example
-            for i, t in enumerate(rtype):
-                if t not in _DIAG_TYPES:
-                    continue
-                text = dsn_diag[i]
-                key = (days[i], source[i], t, domains[i], ips[i], vmta[i],
-                       *_diag_key(text, dsn_status[i]))  # fmt: skip
-                diag[key] += 1
-                if text and (key not in examples or text < examples[key]):
-                    examples[key] = text
-        if "d" in kinds:
-            delivered = [i for i, t in enumerate(rtype) if t == "d"]
-            seconds = [delivery_seconds(seconds_queued[i], logged[i], queued[i]) for i in delivered]
-            self.delivery_time.update(
-                (days[i], source[i], domains[i], delivery_bin(secs))
-                for i, secs in zip(delivered, seconds, strict=True)
-                if secs is not None
-            )
-
-    def rows(self) -> list[tuple[str, ...]]:
-        """The groups as rows of ``pg_temp.batch_rollups`` (``COLUMNS``), as text."""
-        out: list[tuple[str, ...]] = []
-        add = out.append
-        for (b, s, t, d, ip, v, p, j, c), n in self.daily.items():
-            add(("daily", b, s, t, d, ip, v, p, j, c, "", "", "", str(n), ""))
-        for (b, s, t, d, ip, c), n in self.hourly.items():
-            add(("hourly", b, s, t, d, ip, "", "", "", c, "", "", "", str(n), ""))
-        examples = self.diag_example
-        for key, n in self.diag.items():
-            b, s, t, d, ip, v, code, pattern = key
-            add(("diag", b, s, t, d, ip, v, "", "", "", code, pattern, "", str(n),
-                 examples.get(key, "")))  # fmt: skip
-        for (b, s, d, bin_), n in self.delivery_time.items():
-            add(("delivery_time", b, s, "", d, "", "", "", "", "", "", "", str(bin_), str(n), ""))
-        return out
-
-
-#: Columns of ``pg_temp.batch_rollups``: one row per group of one rollup table.
-COLUMNS = (
-    "rollup, bucket, source, record_type, rcpt_domain, dlv_source_ip, vmta, vmta_pool, job_id,"
-    " bounce_cat, code, pattern, bin, n, example"
-)
-CREATE_TEMP_TABLE = """
-    CREATE TEMP TABLE IF NOT EXISTS batch_rollups (
-        rollup text, bucket timestamptz, source text, record_type text, rcpt_domain text,
-        dlv_source_ip inet, vmta text, vmta_pool text, job_id text, bounce_cat text, code text,
-        pattern text, bin smallint, n bigint, example text
-    ) ON COMMIT DELETE ROWS
-"""
-
-# Adds pg_temp.batch_rollups to the rollup tables, one statement per table, in one
-# round trip. The COPY reads '' as NULL, hence coalesce() on the text keys. Groups
-# are summed again (two texts of one inet value make one key) and added in
-# primary-key order, so that concurrent loaders lock rollup rows in the same order.
-APPLY = """
-INSERT INTO pmta.rollup_daily AS r (bucket, source, record_type, rcpt_domain, dlv_source_ip,
-                                    vmta, vmta_pool, job_id, bounce_cat, n)
-SELECT bucket, source, record_type, coalesce(rcpt_domain, ''), dlv_source_ip,
-       coalesce(vmta, ''), coalesce(vmta_pool, ''), coalesce(job_id, ''),
-       coalesce(bounce_cat, ''), sum(n)::bigint
-FROM pg_temp.batch_rollups WHERE rollup = 'daily'
-GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
-ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9
-ON CONFLICT (bucket, source, record_type, rcpt_domain, dlv_source_ip, vmta, vmta_pool, job_id,
-             bounce_cat)
-DO UPDATE SET n = r.n + excluded.n;
-
-INSERT INTO pmta.rollup_hourly AS r (bucket, source, record_type, rcpt_domain, dlv_source_ip,
-                                     bounce_cat, n)
-SELECT bucket, source, record_type, coalesce(rcpt_domain, ''), dlv_source_ip,
-       coalesce(bounce_cat, ''), sum(n)::bigint
-FROM pg_temp.batch_rollups WHERE rollup = 'hourly'
-GROUP BY 1, 2, 3, 4, 5, 6
-ORDER BY 1, 2, 3, 4, 5, 6
-ON CONFLICT (bucket, source, record_type, rcpt_domain, dlv_source_ip, bounce_cat)
-DO UPDATE SET n = r.n + excluded.n;
-
-INSERT INTO pmta.rollup_diag AS r (bucket, source, record_type, rcpt_domain, dlv_source_ip,
-                                   vmta, code, pattern, n, example)
-SELECT bucket, source, record_type, coalesce(rcpt_domain, ''), dlv_source_ip,
-       coalesce(vmta, ''), coalesce(code, ''), coalesce(pattern, ''), sum(n)::bigint,
-       min(example COLLATE "C")
-FROM pg_temp.batch_rollups WHERE rollup = 'diag'
-GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
-ORDER BY 1, 2, 3, 4, 5, 6, 7, 8
-ON CONFLICT (bucket, source, record_type, rcpt_domain, dlv_source_ip, vmta, code, pattern)
-DO UPDATE SET n = r.n + excluded.n,
-              example = CASE WHEN r.example IS NULL
-                               OR excluded.example COLLATE "C" < r.example COLLATE "C"
-                             THEN excluded.example ELSE r.example END;
-
-INSERT INTO pmta.rollup_delivery_time AS r (bucket, source, rcpt_domain, bin, n)
-SELECT bucket, source, coalesce(rcpt_domain, ''), bin, sum(n)::bigint
-FROM pg_temp.batch_rollups WHERE rollup = 'delivery_time'
-GROUP BY 1, 2, 3, 4
-ORDER BY 1, 2, 3, 4
-ON CONFLICT (bucket, source, rcpt_domain, bin)
-DO UPDATE SET n = r.n + excluded.n
-"""

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from datetime import date, datetime, timezone
 from typing import Any
 
 import psycopg
 import pytest
 
-from pmta_pipe.load import Loader
+from pmta_pipe.load import Loader, LoadResult
 from pmta_pipe.parse import RecordParser
 from pmta_pipe.reader import iter_batches
 
@@ -49,6 +50,13 @@ def to_bytes(rows: list[list[str]], header: list[str] = HEADER) -> bytes:
     return buf.getvalue().encode()
 
 
+def note_inserted(conn: Any, result: LoadResult, rows: Sequence[Sequence[str]]) -> None:
+    """The rollups' part of a batch's bookkeeping (``pipeline.record_batch``)."""
+    if result.inserted:
+        times = sorted({datetime.fromisoformat(r[0]) for r in rows})
+        conn.execute("SELECT pmta.note_inserted(%s, %s)", (times[0], times[-1]))
+
+
 def load_bytes(dsn: str, data: bytes, source: str = "test-host", batch_rows: int = 1000) -> int:
     """Load an accounting stream in-process, in batches, as ingest does; return rows inserted."""
     parser = RecordParser(source)
@@ -56,7 +64,8 @@ def load_bytes(dsn: str, data: bytes, source: str = "test-host", batch_rows: int
     inserted = 0
     try:
         for raw in iter_batches(io.BytesIO(data), batch_rows):
-            result = loader.load(parser.parse(raw.records, raw.received_at), parser.header_line)
+            parsed = parser.parse(raw.records, raw.received_at)
+            result = loader.load(parsed, parser.header_line, bookkeeping=note_inserted)
             inserted += result.inserted
     finally:
         loader.close()

@@ -165,7 +165,9 @@ def pmta_views(conninfo: str) -> dict[str, bool]:
             "SELECT c.relname, array_agg(a.attname::text)"
             " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
             " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
-            " WHERE n.nspname = 'pmta' AND c.relkind IN ('v', 'm') GROUP BY c.relname"
+            " WHERE n.nspname = 'pmta' AND c.relkind IN ('v', 'm')"
+            # the rollup views stand for the rollup tables (migration 0009): not the reader's
+            " AND c.relname NOT LIKE 'rollup\\_%' GROUP BY c.relname"
         ).fetchall()
     return {str(name): bool(PII_COLUMNS & set(cols)) for name, cols in rows}
 

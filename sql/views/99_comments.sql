@@ -81,7 +81,17 @@ BEGIN
         ('ip_alerts', 'attempts', 'Attempts (delivered + bounced + deferred) the rate is computed on'),
         ('daily_diag', 'record_type', 'PowerMTA record type: t, tq, b or rb'),
         ('hourly_traffic', 'time', 'Start of the UTC hour of timeLogged (Grafana time column)'),
-        ('hourly', 'time', 'Start of the UTC hour of timeLogged (Grafana time column)');
+        ('hourly', 'time', 'Start of the UTC hour of timeLogged (Grafana time column)'),
+        ('rollup_daily', 'bucket', 'Start of the UTC day of timeLogged'),
+        ('rollup_diag', 'bucket', 'Start of the UTC day of timeLogged'),
+        ('rollup_delivery_time', 'bucket', 'Start of the UTC day of timeLogged'),
+        ('rollup_hourly', 'bucket', 'Start of the UTC hour of timeLogged'),
+        ('rollup_daily', 'job_id', 'Job id as stored (pmta.rollup_job, bounded by pmta.rollup_key; not masked); '''' when none'),
+        ('rollup_diag', 'pattern', 'pmta.diag_pattern of dsnDiag (not masked)'),
+        ('rollup_diag', 'example', 'The smallest raw dsnDiag of the group by code point (COLLATE "C"), not masked'),
+        ('rollup_daily', 'dlv_source_ip', 'pmta.rollup_ip: dlvSourceIp (repSourceIp for complaints); 0.0.0.0 when none'),
+        ('rollup_hourly', 'dlv_source_ip', 'pmta.rollup_ip: dlvSourceIp (repSourceIp for complaints); 0.0.0.0 when none'),
+        ('rollup_diag', 'dlv_source_ip', 'pmta.rollup_ip: dlvSourceIp (repSourceIp for complaints); 0.0.0.0 when none');
     FOR c IN
         SELECT cl.relname AS view_name, a.attname AS column_name
         FROM pg_class cl

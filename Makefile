@@ -9,10 +9,15 @@ STAMP  := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The editable install also builds the compiled parser (pmta_pipe/_fastpath.c) in place;
+# without a C compiler it installs the pure-Python parser alone (see setup.py). The
+# find removes the empty pmta_pipe/ folder that uninstalling an earlier, hatchling-built
+# install leaves in site-packages, which would hide the package.
+$(STAMP): pyproject.toml setup.py pmta_pipe/_fastpath.c
 	sh scripts/make-venv.sh $(PYTHON) $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	find $(VENV)/lib/*/site-packages/pmta_pipe -depth -type d -empty -delete 2>/dev/null || true
 	touch $(STAMP)
 
 # Pipe the bundled sample accounting stream through `pmta-pipe ingest` into the
@@ -37,4 +42,4 @@ bench: venv
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) dist build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) dist build .pytest_cache .mypy_cache .ruff_cache pmta_pipe/_fastpath.*.so

@@ -37,6 +37,7 @@ log = logging.getLogger("pmta_pipe")
 COMMON = ("dsn", "data_dir", "log_level")
 BATCH = ("batch_rows", "batch_seconds")
 SPOOL = ("spool_dir", "spool_max_bytes")
+ROLLUP = ("rollup_interval", "rollup_grace")
 
 REPORTS = (
     "summary", "domains", "providers", "deferrals", "patterns", "ips", "alerts",
@@ -57,6 +58,17 @@ def _day(text: str) -> date:
         return date.fromisoformat(text.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a day as YYYY-MM-DD, got {text!r}") from None
+
+
+def _rebuild_day(text: str) -> date | str:
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        return date.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a day as YYYY-MM-DD or all, got {text!r}"
+        ) from None
 
 
 def _typed(name: str) -> Callable[[str], Any]:
@@ -92,12 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     p = sub.add_parser("ingest", help="read accounting CSV on stdin (PowerMTA's pipe) and load it")
-    _add_options(p, (*COMMON, "source", *BATCH, *SPOOL, "drain_timeout"))
+    _add_options(p, (*COMMON, "source", *BATCH, *SPOOL, "drain_timeout", *ROLLUP))
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("import", help="load accounting files (plain, .gz, .bz2, .xz, .zst)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="files, folders or globs; - for stdin")
-    _add_options(p, (*COMMON, "source", "batch_rows"))
+    _add_options(p, (*COMMON, "source", "batch_rows", *ROLLUP))
     p.add_argument("--force", action="store_true", help="re-read files the ledger marks as done")
     p.add_argument("--format", choices=("text", "json"), default="text",
                    help="summary format on stdout (default text)")  # fmt: skip
@@ -142,6 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unseal a pruned UTC day (YYYY-MM-DD) and delete its rollups, so that"
                    " importing its records again rebuilds them; repeatable")  # fmt: skip
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("rollup", help="materialize the report rollups up to now (for cron)")
+    _add_options(p, (*COMMON, "rollup_grace"))
+    p.add_argument("--rebuild", type=_rebuild_day, metavar="DAY|all",
+                   help="count the rollups of a UTC day (YYYY-MM-DD), or of all days, again from"
+                   " pmta.events; days prune dropped keep theirs")  # fmt: skip
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="summary format on stdout (default text)")  # fmt: skip
+    p.set_defaults(func=cmd_rollup)
 
     p = sub.add_parser("migrate", help="create or upgrade the pmta schema")
     _add_options(p, COMMON)
@@ -307,6 +328,24 @@ def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
     )  # fmt: skip
     print(format_result(result))
     return EX_FAILURE if result.skipped else EX_OK
+
+
+def cmd_rollup(settings: Settings, args: argparse.Namespace) -> int:
+    from pmta_pipe import db, materialize
+
+    target = db.resolve_target(settings)
+    log.info("materializing the rollups of %s", target.description)
+    with db.connect(target.conninfo, autocommit=True) as conn:
+        if args.rebuild is None:
+            result = materialize.run(conn, grace=settings.rollup_grace)
+        else:
+            day = None if args.rebuild == "all" else args.rebuild
+            result = materialize.rebuild(conn, day, grace=settings.rollup_grace)
+    if args.format == "json":
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        print(materialize.format_result(result))
+    return EX_FAILURE if result.busy else EX_OK
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:

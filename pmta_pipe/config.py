@@ -131,6 +131,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_reject_share", "--max-reject-share", parse_share,
            "status: largest share of rejected records in the last hour, per source, "
            "that is still healthy (default 1%)", "SHARE"),
+    Option("rollup_interval", "--rollup-interval", _non_negative_float,
+           "ingest and import: materialize the report rollups every SECONDS in the "
+           "background; 0 turns it off (then run 'pmta-pipe rollup' from cron) (default 5)",
+           "SECONDS"),
+    Option("rollup_grace", "--rollup-grace", _non_negative_float,
+           "how long after an hour ends before the rollups materialize it; later records "
+           "of a materialized hour make it count again (default 300)", "SECONDS"),
     Option("log_level", "--log-level", _level,
            "debug, info, warning or error (default info)", "LEVEL"),
 )  # fmt: skip
@@ -171,6 +178,8 @@ class Settings:
     spool_max_bytes: int = 10 << 30
     drain_timeout: float = 30.0
     max_reject_share: float = 0.01
+    rollup_interval: float = 5.0
+    rollup_grace: float = 300.0
     log_level: str = "INFO"
 
     @property

@@ -84,7 +84,7 @@ from typing import Any, BinaryIO, cast
 
 import psycopg
 
-from pmta_pipe import compression, db, ledger, parse
+from pmta_pipe import compression, db, ledger, materialize, parse
 from pmta_pipe.config import Settings
 from pmta_pipe.errors import DatabaseUnavailable, PmtaPipeError, SetupFault, first_line
 from pmta_pipe.framing import DEFAULT_MAX_RECORD_BYTES, is_header_record
@@ -101,6 +101,7 @@ log = logging.getLogger(__name__)
 HOLD_TAIL_SECONDS = 300.0
 MAX_PENDING_BATCHES = 1
 RETRY_FOR = 120.0  # seconds the database may be away before the import gives up
+FINAL_ROLLUP_SECONDS = 60.0  # the last materializing steps at the end of an import, at most
 #: a record torn off by the end of a file, or of the pipe: one reason for both
 TORN = parse.TORN
 #: a torn text this long, with its type, time and the start of a third field, is
@@ -476,6 +477,9 @@ def import_files(
         ) from exc
     with ledger_conn:
         apply_migrations(ledger_conn)
+        rollups = materialize.Background(
+            target.conninfo, interval=settings.rollup_interval, grace=settings.rollup_grace
+        ).start()
         plans = [plan_file(ledger_conn, n, force=force) for n in names]
         todo = [p for p in plans if p.action in ("read", "resume")]
         for p in plans:
@@ -497,6 +501,8 @@ def import_files(
                 _load_in_workers(settings, target.conninfo, todo, source, bar, summary, jobs)
         finally:
             bar.close()
+            # what was imported, materialized before the command ends (bounded)
+            rollups.finish(FINAL_ROLLUP_SECONDS)
     summary.seconds = time.monotonic() - started
     return summary
 

@@ -52,7 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
-from pmta_pipe import db
+from pmta_pipe import db, materialize
 from pmta_pipe.config import Settings
 from pmta_pipe.errors import DatabaseUnavailable, PmtaPipeError, SetupFault, SpooledForLater
 from pmta_pipe.load import FaultNotice, Loader, LoadResult
@@ -332,6 +332,7 @@ def run_ingest(settings: Settings, fd: int = 0) -> IngestResult:
     parser = RecordParser(source)
     recovery = Recovery()
     pipeline: Pipeline | None = None
+    rollups: materialize.Background | None = None
     error: PmtaPipeError | None = None
     totals = LoadResult()
     try:
@@ -346,6 +347,10 @@ def run_ingest(settings: Settings, fd: int = 0) -> IngestResult:
         # connect first: the schema is made (migrated) even for a stream of header lines
         pipeline = Pipeline(loader, source, depth=LOAD_DEPTH, connect_first=True)
         pipelines.append(pipeline)
+        # the report rollups, materialized in a thread of their own (never in the load's way)
+        rollups = materialize.Background(
+            target.conninfo, interval=settings.rollup_interval, grace=settings.rollup_grace
+        ).start()
         submit_orphans(spool.folder, pipeline, source, recovery)
         next_scan = time.monotonic() + RECOVER_SECONDS
         while True:
@@ -369,6 +374,8 @@ def run_ingest(settings: Settings, fd: int = 0) -> IngestResult:
     finally:
         reader.request_stop()
         interrupt.set()  # the run is ending: the drain watch stops, retries end
+        if rollups is not None:  # no last step: the end of input must end the process soon
+            rollups.stop()
         if pipeline is not None:
             totals = pipeline.totals.result
             pipeline.abandon()

@@ -13,6 +13,13 @@ does not load them, because the day's rollups count them already (a backfill of 
 files would otherwise double the reports). ``reopen_day`` (``--reopen DAY``) unseals
 a day and deletes its rollups in one transaction, for an import that rebuilds it.
 
+Materialized first: the report rollups of a day are counted from its raw events
+(``materialize``), so ``prune`` runs the materializer to the end before it drops
+anything, and the transaction that drops a partition checks, under the drop's
+lock, that the day lies below the watermark with no hour to count again
+(``pmta.rollup_invalidations``); otherwise it rolls back and the day is left for the
+next run (``unmaterialized``, exit 1). The reports are the same before and after.
+
 Rejects (``pmta.rejects``) follow the raw events: a reject received before the
 cut-off is deleted too (they are raw records, with e-mail addresses).
 
@@ -46,7 +53,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from pmta_pipe import db
+from pmta_pipe import db, materialize
 from pmta_pipe.config import Settings
 from pmta_pipe.errors import MigrationError
 
@@ -133,6 +140,20 @@ def plan_prune(
     return plan
 
 
+# a day whose rollups are not all materialized (checked after the DROP, which locks
+# out the loaders of that day): its raw events must stay
+_UNMATERIALIZED = """
+    SELECT s.watermark IS NULL OR s.watermark < %(end)s
+           OR EXISTS (SELECT 1 FROM pmta.rollup_invalidations i
+                      WHERE i.hour >= %(start)s AND i.hour < %(end)s)
+    FROM pmta.rollup_state s
+"""
+
+
+class _NotMaterialized(Exception):
+    """The day's rollups are not all materialized: the drop is rolled back."""
+
+
 _SEAL = (
     "INSERT INTO pmta.pruned_days (day, events) VALUES (%s, %s)"
     " ON CONFLICT (day) DO UPDATE SET pruned_at = now(),"
@@ -155,6 +176,11 @@ def _with_lock_timeout(
                 conn.execute(f"SET LOCAL lock_timeout = {int(LOCK_TIMEOUT_MS)}")
                 conn.execute(statement, params or None)
                 if seal is not None:
+                    start = _midnight(seal[0])
+                    window = {"start": start, "end": start + timedelta(days=1)}
+                    row = conn.execute(_UNMATERIALIZED, window).fetchone()
+                    if row is None or row[0]:
+                        raise _NotMaterialized
                     conn.execute(_SEAL, seal)
             return True
         except pg_errors.LockNotAvailable:
@@ -181,12 +207,13 @@ class PruneResult:
     dry_run: bool
     dropped: list[Partition] = field(default_factory=list)
     busy: list[Partition] = field(default_factory=list)  # left for the next run
+    unmaterialized: list[Partition] = field(default_factory=list)  # rollups not all counted
     rollups_deleted: dict[str, int] = field(default_factory=dict)
     busy_tables: int = 0
 
     @property
     def skipped(self) -> int:
-        return len(self.busy) + self.busy_tables
+        return len(self.busy) + len(self.unmaterialized) + self.busy_tables
 
 
 def prune(
@@ -198,14 +225,25 @@ def prune(
     with db.connect(target.conninfo, autocommit=True) as conn:
         plan = plan_prune(conn, keep_days, keep_rollup_days, today)
         out = PruneResult(plan, dry_run)
+        if plan.partitions and not dry_run:  # the rollups count every raw row first
+            # the days it drops are closed: materialized whatever the grace
+            materialize.run(
+                conn, grace=settings.rollup_grace, at_least=_midnight(plan.events_before)
+            )
         for part in plan.partitions:
             # the day is sealed in the transaction that drops it: its records, imported
             # again, are duplicates from then on (its rollups keep counting them)
-            ok = dry_run or _with_lock_timeout(
-                conn, f"pmta.{part.name}",
-                sql.SQL("DROP TABLE pmta.{}").format(sql.Identifier(part.name)),
-                seal=(part.day, part.rows),
-            )  # fmt: skip
+            try:
+                ok = dry_run or _with_lock_timeout(
+                    conn, f"pmta.{part.name}",
+                    sql.SQL("DROP TABLE pmta.{}").format(sql.Identifier(part.name)),
+                    seal=(part.day, part.rows),
+                )  # fmt: skip
+            except _NotMaterialized:
+                log.warning("pmta.%s: kept, its report rollups are not all materialized yet "
+                            "(run 'pmta-pipe rollup', then prune again)", part.name)  # fmt: skip
+                out.unmaterialized.append(part)
+                continue
             (out.dropped if ok else out.busy).append(part)
         cutoff = _midnight(plan.rollups_before)
         for table, n in plan.rollups.items():
@@ -231,6 +269,10 @@ def format_result(r: PruneResult) -> str:
     verb = "would drop" if r.dry_run else "dropped"
     deleted = "would be deleted" if r.dry_run else "deleted"
     lines = [f"skipped pmta.{p.name} (busy): {p.rows} rows, {_size(p.size)}" for p in r.busy]
+    lines += [
+        f"kept pmta.{p.name}: its rollups are not all materialized ('pmta-pipe rollup' first)"
+        for p in r.unmaterialized
+    ]
     lines += [f"{verb} pmta.{p.name}: {p.rows} rows, {_size(p.size)}" for p in r.dropped]
     rows = sum(p.rows for p in r.dropped)
     size = sum(p.size for p in r.dropped)

@@ -26,7 +26,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from pmta_pipe import db
+from pmta_pipe import db, materialize
 from pmta_pipe.config import Settings
 from pmta_pipe.errors import first_line
 from pmta_pipe.migrate import code_version, schema_version
@@ -47,6 +47,7 @@ def _database(settings: Settings) -> dict[str, Any]:
     out: dict[str, Any] = {
         "target": None, "reachable": False, "error": None,
         "schema_version": None, "code_version": code_version(), "sources": [],
+        "rollups": {},
     }  # fmt: skip
     try:
         target = db.resolve_target(settings, start_embedded=False)
@@ -80,6 +81,7 @@ def _database(settings: Settings) -> dict[str, Any]:
                     }
                     for r in rows
                 ]
+                out["rollups"] = materialize.status(conn)
     except Exception as exc:  # any failure to reach it is what status reports
         out["error"] = first_line(exc)
     return out
@@ -112,6 +114,13 @@ def collect_status(settings: Settings) -> dict[str, Any]:
     database = _database(settings)
     spool = _spool(settings)
     problems: list[str] = []
+    rollups = database["rollups"]
+    if rollups.get("stale"):
+        problems.append(
+            f"rollups: no materializer step since {rollups['materialized_at']} while batches"
+            " are loaded (the views count the tail live, slower and slower): run"
+            " 'pmta-pipe rollup' and look for 'rollups:' warnings in the ingest log"
+        )
     for fault in spool["setup_faults"]:
         problems.append(
             f"a setup fault holds the batches of ingest (pid {fault.get('pid')}, source"
@@ -207,6 +216,16 @@ def format_text(st: dict[str, Any]) -> str:
         lines.append(f"  not a spool file (ignored): {name}")
     for fault in s["setup_faults"]:
         lines.append(f"  held by a setup fault: {fault.get('message')}")
+    r = d.get("rollups") or {}
+    if r:
+        tail = f"{r['tail_records']}{'+' if r['tail_records_capped'] else ''} records"
+        age = r["tail_seconds"]
+        lines.append(
+            f"rollups: materialized up to {r['watermark'] or 'nothing yet'}"
+            + (f" ({age:.0f} s ago)" if age is not None else "")
+            + f", tail {tail} counted live, {r['invalidated_hours']} invalidated hours,"
+            f" last step {r['materialized_at'] or 'never'}"
+        )
     if d["sources"]:
         lines.append("last commits:")
         for src in d["sources"]:

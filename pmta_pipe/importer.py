@@ -235,7 +235,7 @@ class _FileParser(RecordParser):
 
     def _tear(self, out: ParsedBatch) -> None:
         """The one record of ``out`` (an event or a reject) becomes a ``TORN`` reject."""
-        if out.rows:
+        if out.ids:
             raw, position = out.raw[0], out.positions[0]
             out.drop_rows()
         elif out.rejects:

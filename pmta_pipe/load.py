@@ -39,10 +39,13 @@ What goes wrong is sorted by ``faults.classify``:
   shows it to ``status``), and a schema that disappeared is migrated again on the
   next connection. Without it (``import``, ``replay``), ``SetupFault`` is raised.
 
-The COPY data is PostgreSQL's text format (tab-separated, empty = NULL) when no
-value holds a tab, line break, carriage return or backslash, which is checked for
-the whole batch at once by counting; otherwise CSV. Text is about ten times
-cheaper to produce in Python (one ``str.join`` per row); see ``docs/performance.md``.
+The COPY data is the batch's ``ParsedBatch.lines``, made by the parser (the
+compiled one in C): PostgreSQL's text format (tab-separated, empty = NULL) when no
+value holds a tab, line break, carriage return or backslash, otherwise CSV for the
+whole batch (``copy_format``), exactly as ``render_copy`` writes the rows. The
+loader never builds row tuples: the sealed-day filter, the upsert's count and the
+bookkeeping read ``ids`` and ``times``, and isolating a refused record slices the
+lines. See ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -84,7 +87,6 @@ _SETUP = (
 _COPY_CSV = "COPY {table} ({columns}) FROM STDIN (FORMAT csv)"
 _COPY_TEXT = "COPY {table} ({columns}) FROM STDIN (FORMAT text, NULL '')"
 _TEXT_UNSAFE = ("\\", "\r")
-_RECORD_ID = EVENT_COLUMNS.index("record_id")
 _UPSERT = f"""
     INSERT INTO pmta.events ({_COLS})
     SELECT {_COLS} FROM batch_stage ORDER BY time_logged, record_id
@@ -100,8 +102,9 @@ _REJECT = """
         reason = excluded.reason, stage = excluded.stage, sqlstate = excluded.sqlstate
 """
 
-#: the in-transaction hook: (connection, result, rows inserted) -> None
-Bookkeeping = Callable[[psycopg.Connection[Any], "LoadResult", Sequence[Sequence[str]]], None]
+#: the in-transaction hook: (connection, result, (time_logged, record_id) of each row
+#: inserted) -> None
+Bookkeeping = Callable[[psycopg.Connection[Any], "LoadResult", Sequence[tuple[str, str]]], None]
 
 
 @dataclass
@@ -145,7 +148,10 @@ class _PartitionMissing(Exception):
 
 
 def render_copy(rows: Sequence[Sequence[str]]) -> tuple[str, str]:
-    """COPY data for ``rows`` and its format: ``("text", data)`` or ``("csv", data)``."""
+    """COPY data for ``rows`` and its format: ``("text", data)`` or ``("csv", data)``.
+
+    The reference for ``ParsedBatch.lines`` (``tests/test_fastpath.py`` checks both
+    parsers' lines against it)."""
     if not rows:
         return "text", ""
     data = "\n".join(map("\t".join, rows))
@@ -401,19 +407,17 @@ class Loader:
     ) -> LoadResult:
         conn = self.connection()
         self._ensure_partitions(conn, batch.days)
-        rows, raws, positions = batch.rows, batch.raw, batch.positions
+        rows = _Rows(batch.copy_format, batch.lines, batch.ids, batch.times, batch.raw,
+                     batch.positions)  # fmt: skip
         if batch.days & self._sealed:  # records of pruned days: duplicates, not loaded
-            keep = [j for j, r in enumerate(rows) if not self._is_sealed(r[0])]
-            rows = [rows[j] for j in keep]
-            raws = [raws[j] for j in keep]
-            positions = [positions[j] for j in keep]
+            rows = rows.take([j for j, t in enumerate(rows.times) if not self._is_sealed(t)])
         result = LoadResult(records=batch.records)
         # one transaction: the savepoints inside (isolation, the fast way) nest in it
         with conn.transaction(), conn.cursor() as cur:
-            inserted: Sequence[Sequence[str]] = []
+            inserted: Sequence[tuple[str, str]] = []
             refused: list[_Refused] = []
-            if rows:
-                inserted, refused = self._insert_isolating(conn, cur, rows, raws, positions)
+            if rows.ids:
+                inserted, refused = self._insert_isolating(conn, cur, rows)
             parser_rejects = [(r, None) for r in batch.rejects]
             all_rejects = [*parser_rejects, *((x.reject, x.sqlstate) for x in refused)]
             if all_rejects:
@@ -431,7 +435,7 @@ class Loader:
             result.inserted = len(inserted)
             result.rejected = len(all_rejects)
             result.rejected_by_database = len(refused)
-            result.duplicates = len(batch.rows) - len(refused) - len(inserted)
+            result.duplicates = len(batch.ids) - len(refused) - len(inserted)
             if bookkeeping is not None:
                 bookkeeping(conn, result, inserted)
         for x in refused:  # committed: now they are in pmta.rejects
@@ -446,13 +450,8 @@ class Loader:
         return parsed is not None and parsed[1] in self._sealed
 
     def _insert_isolating(
-        self,
-        conn: psycopg.Connection[Any],
-        cur: psycopg.Cursor[Any],
-        rows: Sequence[Sequence[str]],
-        raws: Sequence[str],
-        positions: Sequence[int],
-    ) -> tuple[Sequence[Sequence[str]], list[_Refused]]:
+        self, conn: psycopg.Connection[Any], cur: psycopg.Cursor[Any], rows: _Rows
+    ) -> tuple[Sequence[tuple[str, str]], list[_Refused]]:
         """Insert ``rows`` in a savepoint; a record PostgreSQL refuses is isolated by
         halving, each half in a savepoint."""
         try:
@@ -463,43 +462,66 @@ class Loader:
                 raise _PartitionMissing from exc  # "no partition of relation found for row"
             if not faults.is_record_fault(exc):
                 raise
-            if len(rows) == 1:
+            if len(rows.ids) == 1:
                 reason = f"refused by the database: {first_line(exc)}"
-                return [], [_Refused(Reject(raws[0], reason, positions[0]), exc.sqlstate)]
-        half = len(rows) // 2
-        log.info("splitting a batch of %d records to isolate a refused record", len(rows))
-        a_rows, a_refused = self._insert_isolating(
-            conn, cur, rows[:half], raws[:half], positions[:half]
-        )
-        b_rows, b_refused = self._insert_isolating(
-            conn, cur, rows[half:], raws[half:], positions[half:]
-        )
+                reject = Reject(rows.raws[0], reason, rows.positions[0])
+                return [], [_Refused(reject, exc.sqlstate)]
+        half = len(rows.ids) // 2
+        log.info("splitting a batch of %d records to isolate a refused record", len(rows.ids))
+        a_rows, a_refused = self._insert_isolating(conn, cur, rows.part(0, half))
+        b_rows, b_refused = self._insert_isolating(conn, cur, rows.part(half, len(rows.ids)))
         return [*a_rows, *b_rows], [*a_refused, *b_refused]
 
     def _insert_rows(
-        self, conn: psycopg.Connection[Any], cur: psycopg.Cursor[Any], rows: Sequence[Sequence[str]]
-    ) -> Sequence[Sequence[str]]:
-        """Insert ``rows`` into pmta.events; return those inserted."""
-        fmt, data = render_copy(rows)
+        self, conn: psycopg.Connection[Any], cur: psycopg.Cursor[Any], rows: _Rows
+    ) -> Sequence[tuple[str, str]]:
+        """Insert ``rows`` into pmta.events; return ``(time_logged, record_id)`` of those
+        inserted."""
+        data = "".join(rows.lines)
         if self.fast:
             try:
                 with conn.transaction():
-                    with cur.copy(_copy_statement("pmta.events", fmt)) as copy:
+                    with cur.copy(_copy_statement("pmta.events", rows.fmt)) as copy:
                         copy.write(data)
-                    return rows
+                    return list(zip(rows.times, rows.ids, strict=True))
             except pg_errors.UniqueViolation:
                 self.fast = False
                 log.debug("batch has records already loaded: taking the upsert way")
-        with cur.copy(_copy_statement("batch_stage", fmt)) as copy:
+        with cur.copy(_copy_statement("batch_stage", rows.fmt)) as copy:
             copy.write(data)
         cur.execute(_UPSERT)
         new_ids = {record_id.hex for (record_id,) in cur.fetchall()}
         cur.execute("DELETE FROM batch_stage")
-        if len(new_ids) == len(rows):
+        if len(new_ids) == len(rows.ids):
             self.fast = True  # no duplicates: back to the fast way for the next batch
         inserted = []
-        for row in rows:  # a record twice in the batch was inserted once: count it once
-            if row[_RECORD_ID] in new_ids:
-                new_ids.discard(row[_RECORD_ID])
-                inserted.append(row)
+        for t, record_id in zip(rows.times, rows.ids, strict=True):
+            if record_id in new_ids:  # a record twice in the batch was inserted once
+                new_ids.discard(record_id)
+                inserted.append((t, record_id))
         return inserted
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """The rows to insert, as the parser prepared them: their COPY lines (all in one
+    format), ids, times, raw texts and positions, in the same order."""
+
+    fmt: str
+    lines: Sequence[str]
+    ids: Sequence[str]
+    times: Sequence[str]
+    raws: Sequence[str]
+    positions: Sequence[int]
+
+    def part(self, start: int, stop: int) -> _Rows:
+        return _Rows(self.fmt, self.lines[start:stop], self.ids[start:stop],
+                     self.times[start:stop], self.raws[start:stop],
+                     self.positions[start:stop])  # fmt: skip
+
+    def take(self, keep: Sequence[int]) -> _Rows:
+        def pick(column: Sequence[T]) -> list[T]:
+            return [column[j] for j in keep]
+
+        return _Rows(self.fmt, pick(self.lines), pick(self.ids), pick(self.times),
+                     pick(self.raws), pick(self.positions))  # fmt: skip

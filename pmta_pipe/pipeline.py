@@ -135,12 +135,12 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
-def _time_range(rows: Sequence[Sequence[str]]) -> tuple[datetime | None, datetime | None]:
-    """Earliest and latest time_logged of ``rows`` (canonical ISO texts with offsets)."""
-    if not rows:
+def _time_range(times: Sequence[str]) -> tuple[datetime | None, datetime | None]:
+    """Earliest and latest of ``times`` (time_logged: canonical ISO texts with offsets)."""
+    if not times:
         return None, None
-    times = [datetime.fromisoformat(t) for t in {row[0] for row in rows}]
-    return min(times), max(times)
+    moments = [datetime.fromisoformat(t) for t in set(times)]
+    return min(moments), max(moments)
 
 
 def record_batch(
@@ -148,12 +148,12 @@ def record_batch(
     receipt: Receipt,
     source: str,
     result: LoadResult,
-    rows: Sequence[Sequence[str]],
+    times: Sequence[str],
     received_at: datetime,
 ) -> None:
     """Write the batch's ``pmta.ingest_batches`` row (call inside its transaction), and,
     when it inserted rows, log the hours of its time range the rollups must count again."""
-    first, last = _time_range(rows)
+    first, last = _time_range(times)
     conn.execute(
         _BATCH_ROW,
         (
@@ -275,10 +275,10 @@ class Pipeline:
             return
 
         def bookkeeping(
-            conn: psycopg.Connection[Any], result: LoadResult, inserted: Sequence[Sequence[str]]
+            conn: psycopg.Connection[Any], result: LoadResult, inserted: Sequence[tuple[str, str]]
         ) -> None:
             source = parsed.source or self.source
-            record_batch(conn, receipt, source, result, parsed.rows, batch.received_at)
+            record_batch(conn, receipt, source, result, parsed.times, batch.received_at)
             receipt.in_transaction(conn, result)
 
         result = self.loader.load(

@@ -359,7 +359,7 @@ class _Settle:
 
     def _batch_row(self, conn: psycopg.Connection[Any], result: LoadResult) -> None:
         received = min(it.row.received_at for it in self.items)
-        record_batch(conn, _RetryReceipt(), self.batch.source, result, self.batch.rows, received)
+        record_batch(conn, _RetryReceipt(), self.batch.source, result, self.batch.times, received)
 
 
 class _RetryReceipt(Receipt):

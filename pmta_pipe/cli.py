@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 import psycopg
 
-from pmta_pipe import __version__, faults
+from pmta_pipe import __version__, fastpath, faults
 from pmta_pipe.config import OPTION_BY_NAME, Settings, resolve
 from pmta_pipe.errors import (
     EX_ALERT,
@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Load PowerMTA accounting records into PostgreSQL and report on them.",
         epilog="Documentation: README.md and docs/ (reference.md lists every setting).",
     )
-    parser.add_argument("--version", action="version", version=f"pmta-pipe {__version__}")
+    version = f"pmta-pipe {__version__} (parser: {fastpath.describe()})"
+    parser.add_argument("--version", action="version", version=version)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 

@@ -16,7 +16,9 @@ aside (``*.corrupt``: look at it, then delete it), or one written in a format th
 version cannot read (its magic or meta frame names another format: replay it with
 the version that wrote it); in the last hour, a source's
 rejected share of records is above ``--max-reject-share``, or PostgreSQL refused
-any record (a value the parser let through: a bug to report, or a limit). Targets
+any record (a value the parser let through: a bug to report, or a limit);
+``PMTA_PIPE_PARSER=compiled`` and the compiled parser is not built. ``parser`` says
+which parser this pmta-pipe runs (``fastpath.parser_path``). Targets
 are named with ``db.describe``: never with a password.
 """
 
@@ -26,9 +28,9 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from pmta_pipe import db, materialize
+from pmta_pipe import db, fastpath, materialize
 from pmta_pipe.config import Settings
-from pmta_pipe.errors import first_line
+from pmta_pipe.errors import ConfigError, first_line
 from pmta_pipe.migrate import code_version, schema_version
 from pmta_pipe.spool import backlog
 
@@ -174,9 +176,15 @@ def collect_status(settings: Settings) -> dict[str, Any]:
                 " records in the last hour (stage database in pmta.rejects: see"
                 " 'pmta-pipe rejects')"
             )
+    try:
+        path, why = fastpath.parser_path()
+    except ConfigError as exc:  # PMTA_PIPE_PARSER=compiled without the extension
+        path, why = None, exc.message
+        problems.append(f"parser: {exc}")
     return {
         "healthy": not problems,
         "problems": problems,
+        "parser": {"path": path, "why": why},
         "database": database,
         "spool": spool,
         "checked_at": datetime.now(timezone.utc).isoformat(),
@@ -195,7 +203,7 @@ def _size(n: int) -> str:
 
 def format_text(st: dict[str, Any]) -> str:
     d, s = st["database"], st["spool"]
-    lines = []
+    lines = [f"parser: {st['parser']['why']}"]
     if d["reachable"]:
         lines.append(f"database: reachable, {d['target']} (schema version {d['schema_version']},"
                      f" this pmta-pipe expects {d['code_version']})")  # fmt: skip

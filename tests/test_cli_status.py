@@ -7,6 +7,7 @@ import re
 
 import psycopg
 
+from pmta_pipe import fastpath
 from tests.conftest import count, run_cli
 from tests.test_durability import CLOSED, HEADER, numbered
 from tests.test_setup_faults import JOB_HEADER, POISON, refuse_poison, with_jobs
@@ -26,8 +27,11 @@ def test_healthy_after_ingest(cli_env: dict[str, str], conn: Conn) -> None:
     assert db["schema_version"] == db["code_version"]
     assert [(s["source"], s["records_last_hour"]) for s in db["sources"]] == [("test-host", 120)]
     assert data["spool"]["segments"] == 0 and data["spool"]["records"] == 0
+    path, why = fastpath.parser_path()  # the suite's PMTA_PIPE_PARSER reaches the command
+    assert data["parser"] == {"path": path, "why": why}
     text = run_cli(["status"], cli_env)
     assert text.returncode == 0
+    assert text.stdout.decode().splitlines()[0] == f"parser: {why}"
     assert text.stdout.decode().splitlines()[-1] == "status: healthy"
     assert count(conn, "SELECT count(*) FROM pmta.ingest_health") == 1
 

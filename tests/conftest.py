@@ -22,6 +22,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from pmta_pipe.migrate import apply_migrations
+from tests.helpers import clean_env
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "tests" / "data" / "pmta-samples.txt"  # verbatim public sample lines
@@ -93,7 +94,7 @@ def conn(dsn: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
 @pytest.fixture
 def cli_env(dsn: str, tmp_path: Path) -> dict[str, str]:
     """Environment for running the ``pmta-pipe`` console script against the test database."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMTA_PIPE_", "PG"))}
+    env = clean_env()
     env.update(
         PMTA_PIPE_DSN=dsn,
         PMTA_PIPE_SPOOL_DIR=str(tmp_path / "spool"),

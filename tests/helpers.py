@@ -38,3 +38,15 @@ def framed(data: bytes) -> list[bytes]:
     splitter.feed(data, out)
     splitter.finish(out)
     return out
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment without pmta-pipe's settings and libpq's ``PG*``
+    variables, except ``PMTA_PIPE_PARSER``: the parser path the suite runs on."""
+    import os
+
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PMTA_PIPE_", "PG")) or k == "PMTA_PIPE_PARSER"
+    }

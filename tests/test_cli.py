@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from pmta_pipe.cli import build_parser
 from pmta_pipe.config import OPTIONS, resolve
 from pmta_pipe.errors import ConfigError
 from tests.conftest import ROOT, run_cli
+from tests.helpers import clean_env
 
 
 def _subcommands() -> dict[str, object]:
@@ -80,7 +80,7 @@ def test_settings_precedence_flag_over_env_over_default() -> None:
 def test_embedded_default_end_to_end(tmp_path: Path) -> None:
     """No database configured: an embedded PostgreSQL is started, reused, and stopped."""
     data = tmp_path / "pg"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMTA_PIPE_", "PG"))}
+    env = clean_env()
     env.update(PMTA_PIPE_DATA_DIR=str(data), PMTA_PIPE_SPOOL_DIR=str(tmp_path / "spool"))
     tmp_path.chmod(0o755)
     sample = (ROOT / "samples" / "acct-sample.csv").read_bytes()

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -23,7 +22,7 @@ import pytest
 
 from pmta_pipe.config import OPTIONS
 from tests.conftest import ROOT, count
-from tests.helpers import stream, type_counts
+from tests.helpers import clean_env, stream, type_counts
 
 DEPLOY = ROOT / "deploy"
 ENV_EXAMPLE = DEPLOY / "systemd" / "pmta-pipe.env.example"
@@ -201,7 +200,7 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
 def run_wrapper(
     args: list[str], env_file: Path, extra: dict[str, str], data: bytes = b""
 ) -> subprocess.CompletedProcess[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMTA_PIPE_", "PG"))}
+    env = clean_env()
     env.update(PMTA_PIPE_ENV_FILE=str(env_file), **extra)
     return subprocess.run(
         ["/bin/sh", str(WRAPPER), *args],

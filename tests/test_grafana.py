@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -34,7 +33,7 @@ import psycopg
 import pytest
 
 from tests.conftest import ROOT, run_cli
-from tests.helpers import stream, type_counts
+from tests.helpers import clean_env, stream, type_counts
 from tests.test_roles import RolesDb, roles_db
 
 __all__ = ["roles_db"]  # the fixture, shared with tests/test_roles.py
@@ -226,7 +225,7 @@ def test_provisioning_examples_hold_no_password() -> None:
 
 
 def ingest_as(conninfo: str, data: bytes, tmp_path: Path, source: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMTA_PIPE_", "PG"))}
+    env = clean_env()
     env.update(
         PMTA_PIPE_DSN=conninfo,
         PMTA_PIPE_SPOOL_DIR=str(tmp_path / f"spool-{source}"),

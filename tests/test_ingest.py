@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import psycopg
 
 from pmta_pipe.migrate import code_version, schema_version
 from tests.conftest import SAMPLES, count, run_cli
-from tests.helpers import stream, type_counts
+from tests.helpers import clean_env, stream, type_counts
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
@@ -251,7 +250,7 @@ def test_sql_is_read_from_installed_wheel(tmp_path: Path, dsn: str, empty_dsn: s
 def test_a_stream_of_header_lines_only_still_creates_the_schema(
     empty_dsn: str, tmp_path: Path
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMTA_PIPE_", "PG"))}
+    env = clean_env()
     env.update(PMTA_PIPE_DSN=empty_dsn, PMTA_PIPE_SPOOL_DIR=str(tmp_path / "spool"))
     header = b"type,timeLogged,orig,rcpt\n"
     got = run_cli(["ingest"], env, input=header + header)

@@ -31,6 +31,7 @@ import pytest
 from pmta_pipe import db
 from pmta_pipe.errors import ConfigError
 from tests.conftest import ROOT, count, run_cli
+from tests.helpers import clean_env
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
@@ -508,9 +509,8 @@ def test_describe_never_shows_the_password() -> None:
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    import os
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMTA_PIPE_", "PG"))}
+    env = clean_env()
     env["PMTA_PIPE_SPOOL_DIR"] = str(tmp_path / "spool")
     env["PMTA_PIPE_DATA_DIR"] = str(tmp_path / "data")
     return env

@@ -1,8 +1,8 @@
 """Candidate 1, the baseline: today's pure-Python hot path.
 
-Framing (``reader.iter_batches``), ``RecordParser.parse`` and ``load.render_copy``
-per batch of 5,000 records, exactly as ingest and import run them (the rollups and
-the journal are not part of this measurement).
+Framing (``reader.iter_batches``), the pure-Python ``RecordParser.parse`` and
+``load.render_copy`` per batch of 5,000 records, as ingest and import ran them before
+the compiled parser (the rollups and the journal are not part of this measurement).
 
 ``--gc-threshold N``: the same code with the cyclic garbage collector's first
 threshold raised to N (default 700): a batch makes about 5,000 row tuples and the
@@ -30,7 +30,7 @@ def main() -> None:
     from pmta_pipe.parse import RecordParser
 
     check = Check() if a.check else None
-    parser = RecordParser(SOURCE)
+    parser = RecordParser(SOURCE, compiled=False)  # the pure-Python path, the reference
     records = rejects = 0
     csv_batches = 0
     with Timer() as t:

@@ -31,19 +31,24 @@ CANDIDATES: list[tuple[str, list[str]]] = [
     ("baseline, gc threshold 50000", ["baseline.py", "--gc-threshold", "50000"]),
     ("pyarrow", ["arrow.py"]),
     ("polars", ["polars_frame.py"]),
-    ("compiled: C split+identity+COPY text", ["compiled.py"]),
+    ("compiled parser (pmta_pipe/_fastpath.c)", ["compiled.py"]),
+    ("compiled parser, gc threshold 50000", ["compiled.py", "--gc-threshold", "50000"]),
     ("PostgreSQL: rendered COPY (today)", ["in_postgres.py", "--mode", "rendered"]),
     ("PostgreSQL: staged, typed+hashed in SQL", ["in_postgres.py", "--mode", "staged"]),
 ]
-PARTS = ("compiled parts", ["compiled.py", "--parts"])
 
 
 def run_measured(script: list[str], path: Path, extra: list[str]) -> dict[str, Any]:
-    """Run one candidate; its JSON line, with its peak RSS (``os.wait4``)."""
+    """Run one candidate; its JSON line, with its peak RSS (``os.wait4``).
+
+    Every candidate but ``compiled.py`` runs with ``PMTA_PIPE_PARSER=python``: where
+    they use ``RecordParser`` (the baseline, the fallbacks, the header), it is the
+    pure-Python parser they were measured with."""
     cmd = [sys.executable, str(HERE / script[0]), str(path), *script[1:], *extra]
+    env = dict(os.environ, PMTA_PIPE_PARSER="auto" if script[0] == "compiled.py" else "python")
     with tempfile.TemporaryFile("w+") as out:
         actions = [(os.POSIX_SPAWN_DUP2, out.fileno(), 1)]
-        pid = os.posix_spawn(cmd[0], cmd, os.environ, file_actions=actions)
+        pid = os.posix_spawn(cmd[0], cmd, env, file_actions=actions)
         _, status, usage = os.wait4(pid, 0)
         if os.waitstatus_to_exitcode(status):
             raise SystemExit(f"{script} failed ({status})")
@@ -63,27 +68,20 @@ def main() -> None:
     p.add_argument("--no-check", action="store_true")
     a = p.parse_args()
     path = ensure_file(a.records, a.work_dir)
-    build_dir = a.work_dir / "build"
-    build_dir.mkdir(exist_ok=True)
     skip = set(filter(None, a.skip.split(",")))
     chosen = [c for c in CANDIDATES if c[1][0] not in skip]
 
     def extra(script: list[str]) -> list[str]:
-        if script[0] == "compiled.py":
-            return ["--build-dir", str(build_dir)]
         if script[0] == "in_postgres.py":
             return ["--dsn", a.dsn]
         return []
 
     results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in chosen}
-    parts: list[dict[str, Any]] = []
     for r in range(a.rounds):
         for name, script in chosen:
             res = run_measured(script, path, extra(script))
             results[name].append(res)
             print(f"round {r + 1} {name}: {json.dumps(res)}", file=sys.stderr)
-        if "compiled.py" not in skip:
-            parts.append(run_measured(PARTS[1], path, extra(PARTS[1])))
 
     def med(rows: list[dict[str, Any]], key: str) -> float | None:
         vals = [x[key] for x in rows if x.get(key) is not None]
@@ -99,13 +97,6 @@ def main() -> None:
         b = f"{backend / n * 1e6:.1f}" if backend is not None else ""
         imp = med(rows, "import_s") or 0.0
         print(f"| {name} | {cpu / n * 1e6:.1f} | {b} | {imp:.2f} | {med(rows, 'rss_mb'):.0f} |")
-    if parts:
-        print("\nparts alone (compiled.py --parts, µs/record, best of 3 per round, median):\n")
-        for key in parts[0]:
-            if key in ("candidate", "pid", "rss_mb") or key.endswith("equal"):
-                continue
-            print(f"- {key}: {med(parts, key):.2f}")
-        print(f"- equal: {all(p[k] == 1.0 for p in parts for k in p if k.endswith('equal'))}")
     if a.no_check:
         return
     print("\nequality with the baseline (whole file):\n")

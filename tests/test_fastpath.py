@@ -332,3 +332,51 @@ def test_long_and_cut_records_and_other_sources() -> None:
     both([framed(data)])
     for source in ("tab\there", "back\\slash", "ünï", "\udcff"):
         both([framed(stream(50, days=1))], source=source)
+
+
+@pytest.mark.slow
+def test_without_a_compiler_the_package_installs_the_pure_parser(tmp_path: Path) -> None:
+    """A wheel built where the C compiler fails (CC=false) installs, and parses alike."""
+    import sysconfig
+
+    if os.environ.get(fastpath.ENV) == "python":
+        pytest.skip("checked in the run on the compiled path")
+    import shutil
+
+    env = dict(os.environ, CC="false")
+    src, dist = tmp_path / "src", tmp_path / "dist"  # a copy without build/ or a built .so
+    ignore = shutil.ignore_patterns(".*", "build", "dist", "out", "*.so", "__pycache__", "*.egg*")
+    shutil.copytree(ROOT, src, ignore=ignore)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dist), str(src)],
+        env=env, check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    wheel = next(dist.glob("*.whl"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    py = venv / "bin" / "python"
+    site = subprocess.run(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # dependencies
+    subprocess.run(
+        [str(py), "-m", "pip", "install", "--quiet", "--no-deps", str(wheel)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    code = (
+        "import sys; from datetime import datetime, timezone; from pmta_pipe import fastpath\n"
+        "from pmta_pipe.parse import RecordParser; from pmta_pipe.framing import ChunkSplitter\n"
+        "out = []; s = ChunkSplitter(); s.feed(sys.stdin.buffer.read(), out); s.finish(out)\n"
+        "b = RecordParser('h').parse(out, datetime(2026, 3, 1, 12, tzinfo=timezone.utc))\n"
+        "print(fastpath.parser_path()[1]); print(''.join(b.lines), end='')\n"
+    )
+    data = stream(300, days=1)
+    env = {k: v for k, v in os.environ.items() if k != fastpath.ENV}
+    got = subprocess.run(
+        [str(py), "-c", code], input=data, env=env, cwd=tmp_path, capture_output=True,
+        timeout=120, check=True,
+    )  # fmt: skip
+    why, _, lines = got.stdout.decode().partition("\n")
+    assert why == "pure Python: the compiled extension is not built"
+    assert lines == "".join(RecordParser("h").parse(framed(data), NOW).lines)

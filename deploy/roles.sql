@@ -132,8 +132,12 @@ DECLARE
         'daily_diag.pattern', 'daily_diag.example',
         'diag_patterns.pattern', 'diag_patterns.example',
         'deferral_patterns.pattern', 'deferral_patterns.example'];
+    -- (and the rollups' state, two timestamps and a list of hours: the views'
+    -- functions pmta.rollup_watermark() and rollup_invalidated_from() read them as the
+    -- caller)
     reference_tables constant text[] := ARRAY['pmta.mailbox_providers', 'pmta.diag_rules',
-                                              'pmta.alert_thresholds'];
+                                              'pmta.alert_thresholds', 'pmta.rollup_state',
+                                              'pmta.rollup_invalidations'];
     owner   text;
     r       record;
     t       text;

@@ -5,14 +5,29 @@
 -- is materialized up to it and its tail is live: its two parts are summed again, so
 -- that every view has one row per key, as the tables had.
 --
--- The watermark and the invalidated days are read once per query, by scalar
--- subqueries (initplans): the partitions of pmta.events outside the tail and the
--- invalidated range are pruned when the query runs, and both are read by the primary
--- key (time_logged, record_id). The tail's upper bound, the threshold plus a century,
--- only tells the planner that the range is narrow (a range with two unknown bounds is
--- estimated at 0.5 % of the rows; one bound, a third), which keeps its cost estimate,
--- and so JIT compilation, away.
+-- The ranges of pmta.events the views read are bounded by STABLE functions: the
+-- planner estimates them from the statistics (a small tail is read by the primary key
+-- (time_logged, record_id)), and the executor prunes every partition outside them when
+-- it starts, before it builds (or JIT-compiles) anything for them. An initplan bound
+-- would prune only later, with every partition's scan built and, once the cost
+-- estimate passes jit_above_cost, compiled (seconds for 30 partitions). Filters
+-- evaluated per row (the invalidated days, the materialized tables' bounds) read the
+-- state once, through scalar subqueries.
 
+-- The watermark ('-infinity' when nothing is materialized).
+CREATE OR REPLACE FUNCTION pmta.rollup_watermark() RETURNS timestamptz
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT coalesce(watermark, '-infinity') FROM pmta.rollup_state
+$$;
+
+-- The start of the oldest UTC day with an invalidated hour below the watermark
+-- ('infinity' when there is none: the range it starts is then empty).
+CREATE OR REPLACE FUNCTION pmta.rollup_invalidated_from() RETURNS timestamptz
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT coalesce(pmta.utc_day(min(i.hour)), 'infinity')
+    FROM pmta.rollup_invalidations i
+    WHERE i.hour < pmta.rollup_watermark()
+$$;
 
 CREATE OR REPLACE VIEW pmta.rollup_daily AS
 SELECT m.bucket, m.source, m.record_type, m.rcpt_domain, m.dlv_source_ip, m.vmta, m.vmta_pool,
@@ -41,8 +56,7 @@ FROM (
            pmta.rollup_key(pmta.rollup_job(e.record_type, e.job_id, e.extra)),
            pmta.rollup_key(pmta.rollup_bounce_cat(e.record_type, e.bounce_cat)), 1::bigint
     FROM pmta.events e
-    WHERE e.time_logged >= (SELECT coalesce(s.watermark, '-infinity') FROM pmta.rollup_state s)
-      AND e.time_logged < (SELECT coalesce(s.threshold, now()) + interval '100 years' FROM pmta.rollup_state s)
+    WHERE e.time_logged >= pmta.rollup_watermark()
     UNION ALL
     SELECT pmta.utc_day(e.time_logged), pmta.rollup_key(e.source), pmta.rollup_key(e.record_type),
            pmta.rollup_key(pmta.rollup_domain(e.record_type, e.rcpt_domain, e.queue)),
@@ -51,8 +65,8 @@ FROM (
            pmta.rollup_key(pmta.rollup_job(e.record_type, e.job_id, e.extra)),
            pmta.rollup_key(pmta.rollup_bounce_cat(e.record_type, e.bounce_cat)), 1::bigint
     FROM pmta.events e
-    WHERE e.time_logged >= (SELECT pmta.utc_day(min(i.hour)) FROM pmta.rollup_invalidations i)
-            AND e.time_logged < (SELECT coalesce(s.watermark, '-infinity') FROM pmta.rollup_state s)
+    WHERE e.time_logged >= pmta.rollup_invalidated_from()
+            AND e.time_logged < pmta.rollup_watermark()
             AND pmta.utc_day(e.time_logged) = ANY (CAST((SELECT coalesce(array_agg(DISTINCT pmta.utc_day(i.hour)), '{}') 
                         FROM pmta.rollup_invalidations i WHERE i.hour < (SELECT coalesce(s.watermark, '-infinity') FROM pmta.rollup_state s)) AS timestamptz[]))
 ) x
@@ -61,8 +75,8 @@ GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9;
 CREATE OR REPLACE VIEW pmta.rollup_hourly AS
 SELECT m.bucket, m.source, m.record_type, m.rcpt_domain, m.dlv_source_ip, m.bounce_cat, m.n
 FROM pmta.rollup_hourly_materialized m
-WHERE m.bucket < (SELECT coalesce(s.watermark, '-infinity') FROM pmta.rollup_state s)
-  AND pmta.utc_day(m.bucket) <> ALL (CAST((SELECT coalesce(array_agg(DISTINCT pmta.utc_day(i.hour)), '{}') 
+-- every row is below the watermark (a step deletes and counts only hours below it)
+WHERE pmta.utc_day(m.bucket) <> ALL (CAST((SELECT coalesce(array_agg(DISTINCT pmta.utc_day(i.hour)), '{}') 
                         FROM pmta.rollup_invalidations i WHERE i.hour < (SELECT coalesce(s.watermark, '-infinity') FROM pmta.rollup_state s)) AS timestamptz[]))
 UNION ALL
 SELECT x.bucket, x.source, x.record_type, x.rcpt_domain, x.dlv_source_ip, x.bounce_cat,
@@ -74,16 +88,15 @@ FROM (
            pmta.rollup_ip(e.record_type, e.dlv_source_ip, e.rep_source_ip) AS dlv_source_ip,
            pmta.rollup_key(pmta.rollup_bounce_cat(e.record_type, e.bounce_cat)) AS bounce_cat
     FROM pmta.events e
-    WHERE e.time_logged >= (SELECT coalesce(s.watermark, '-infinity') FROM pmta.rollup_state s)
-      AND e.time_logged < (SELECT coalesce(s.threshold, now()) + interval '100 years' FROM pmta.rollup_state s)
+    WHERE e.time_logged >= pmta.rollup_watermark()
     UNION ALL
     SELECT pmta.utc_hour(e.time_logged), pmta.rollup_key(e.source), pmta.rollup_key(e.record_type),
            pmta.rollup_key(pmta.rollup_domain(e.record_type, e.rcpt_domain, e.queue)),
            pmta.rollup_ip(e.record_type, e.dlv_source_ip, e.rep_source_ip),
            pmta.rollup_key(pmta.rollup_bounce_cat(e.record_type, e.bounce_cat))
     FROM pmta.events e
-    WHERE e.time_logged >= (SELECT pmta.utc_day(min(i.hour)) FROM pmta.rollup_invalidations i)
-            AND e.time_logged < (SELECT coalesce(s.watermark, '-infinity') FROM pmta.rollup_state s)
+    WHERE e.time_logged >= pmta.rollup_invalidated_from()
+            AND e.time_logged < pmta.rollup_watermark()
             AND pmta.utc_day(e.time_logged) = ANY (CAST((SELECT coalesce(array_agg(DISTINCT pmta.utc_day(i.hour)), '{}') 
                         FROM pmta.rollup_invalidations i WHERE i.hour < (SELECT coalesce(s.watermark, '-infinity') FROM pmta.rollup_state s)) AS timestamptz[]))
 ) x
@@ -120,13 +133,12 @@ FROM (
                count(*) AS n
         FROM (
             SELECT e.* FROM pmta.events e
-            WHERE e.time_logged >= (SELECT coalesce(s.watermark, '-infinity') FROM pmta.rollup_state s)
-              AND e.time_logged < (SELECT coalesce(s.threshold, now()) + interval '100 years' FROM pmta.rollup_state s)
+            WHERE e.time_logged >= pmta.rollup_watermark()
             UNION ALL
             SELECT e.*
             FROM pmta.events e
-                  WHERE e.time_logged >= (SELECT pmta.utc_day(min(i.hour)) FROM pmta.rollup_invalidations i)
-                    AND e.time_logged < (SELECT coalesce(s.watermark, '-infinity') FROM pmta.rollup_state s)
+                  WHERE e.time_logged >= pmta.rollup_invalidated_from()
+                    AND e.time_logged < pmta.rollup_watermark()
                     AND pmta.utc_day(e.time_logged) = ANY (CAST((SELECT coalesce(array_agg(DISTINCT pmta.utc_day(i.hour)), '{}') 
                         FROM pmta.rollup_invalidations i WHERE i.hour < (SELECT coalesce(s.watermark, '-infinity') FROM pmta.rollup_state s)) AS timestamptz[]))
         ) e
@@ -159,13 +171,12 @@ FROM (
            1::bigint
     FROM (
         SELECT e.* FROM pmta.events e
-        WHERE e.time_logged >= (SELECT coalesce(s.watermark, '-infinity') FROM pmta.rollup_state s)
-          AND e.time_logged < (SELECT coalesce(s.threshold, now()) + interval '100 years' FROM pmta.rollup_state s)
+        WHERE e.time_logged >= pmta.rollup_watermark()
         UNION ALL
         SELECT e.*
         FROM pmta.events e
-              WHERE e.time_logged >= (SELECT pmta.utc_day(min(i.hour)) FROM pmta.rollup_invalidations i)
-                AND e.time_logged < (SELECT coalesce(s.watermark, '-infinity') FROM pmta.rollup_state s)
+              WHERE e.time_logged >= pmta.rollup_invalidated_from()
+                AND e.time_logged < pmta.rollup_watermark()
                 AND pmta.utc_day(e.time_logged) = ANY (CAST((SELECT coalesce(array_agg(DISTINCT pmta.utc_day(i.hour)), '{}') 
                         FROM pmta.rollup_invalidations i WHERE i.hour < (SELECT coalesce(s.watermark, '-infinity') FROM pmta.rollup_state s)) AS timestamptz[]))
     ) e

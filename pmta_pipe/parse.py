@@ -34,7 +34,15 @@ every known field and every non-empty other column with its name. It does not de
 on the column order, on empty columns, nor on the source host, so the same record
 loaded again by any route (pipe, replay, file import) is recognised and not added.
 
-Speed: a batch is parsed in two passes. The first walks the rows that C's
+Two paths, one result. Where the compiled extension is built (``fastpath``,
+``_fastpath.c``) and ``PMTA_PIPE_PARSER`` is not ``python``, ``_parse_compiled`` hands the
+batch to C, which reads every ordinary record in one pass into its COPY line, id, time
+and raw text, and lists the others; each run of those is read by ``_parse_python`` in
+its place (a header line among them ends the C call, so that the records after it are
+read by the new header), and the pieces are merged in input order. ``_parse_python`` is
+the reference: ``tests/test_fastpath.py`` checks that both paths give the same.
+
+Speed of the pure-Python path: a batch is parsed in two passes. The first walks the rows that C's
 ``csv.reader`` yields and only sorts them: header lines, blank lines, rows of the
 wrong width or without a type; rows of the header's width and a usual type go on
 untouched. One reader reads the whole batch; its ``line_num`` tells when a row took

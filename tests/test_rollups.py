@@ -45,6 +45,18 @@ EDGE_CASES = [
     "smtp;550 " + "word " * 80,
     '<angle@brackets.example> (paren@x.example) [square@y.example] "quoted@z.example"',
     "url HTTPS://EXAMPLE.COM/Path?q=1) after",
+    # the cases around the skipped replacements of pmta.diag_pattern (0012)
+    "\tSMTP;  421 4.7.0\fno digits here",
+    " \x0bsmtp;550 x\x0by",
+    "smtp ;550 not a prefix",
+    "no digit, no colon, no at, no dot",
+    "one:colon 12:30 two::colons 1:2:3 fe80::1 ::",
+    "dates 2024-01-02 and 2024-1-2 and a-b",
+    "dots 1.2.3.4 and 1.2.3 and a.b",
+    "non-ascii caf\u00e9 12 \u0663\u0664  x",
+    "550 5.1.1  double  space\n",
+    "head only 421",
+    "421-4.7.0 \u00e9t\u00e9 mail@example.com",
 ]
 STATUSES = ["", "4.4.7", " 5.1.1", "5.0.0 (undefined)", "4.7.1234", "2.0.0", "x"]
 

@@ -27,8 +27,12 @@ Design (the continuous aggregates of time-series databases; migration 0009 and
 ``run`` repeats steps until caught up (``pmta-pipe rollup``, ``prune``);
 ``Background`` runs one step every ``interval`` seconds in a thread with its own
 connection (``ingest``, ``import``): a fault is logged and retried at the next tick,
-never raised into the load. ``rebuild`` logs hours as invalidated (``pmta.rollup_invalidate``)
-and runs the steps that count them again.
+never raised into the load. While batches are committing (one within the last two
+intervals, read from the newest ``pmta.ingest_batches`` row), a step counts at most
+``LOADING_MAX_HOURS`` new hours and ``LOADING_MAX_DAYS`` invalidated days, so that
+a burst keeps the CPUs; once the load is idle the steps catch up in full. ``rebuild``
+logs hours as invalidated (``pmta.rollup_invalidate``) and runs the steps that count
+them again.
 """
 
 from __future__ import annotations
@@ -56,6 +60,15 @@ UNLOCK = "SELECT pg_advisory_unlock(hashtext('pmta.rollup_materialize'))"
 MAX_HOURS = 24  # new hours counted per step: a backfill never makes one endless transaction
 MAX_DAYS = 4  # invalidated days re-counted per step
 FAULT_LOG_SECONDS = 300.0  # a lasting fault of the background step is logged this often
+#: while a load is busy (a batch committed within ``LOADING_TICKS`` intervals), a
+#: background step counts at most this many new hours and invalidated days: it keeps
+#: the two CPUs to the load, and the lag it leaves is counted live by the views
+LOADING_MAX_HOURS = 1
+LOADING_MAX_DAYS = 1
+LOADING_TICKS = 2.0
+LAST_COMMIT = (
+    "SELECT committed_at > now() - %s FROM pmta.ingest_batches ORDER BY batch_id DESC LIMIT 1"
+)
 
 
 @dataclass
@@ -282,12 +295,23 @@ class Background:
             with contextlib.suppress(Exception):
                 self._conn.close()
 
+    def loading(self) -> bool:
+        """Whether a batch committed within the last ``LOADING_TICKS`` intervals."""
+        assert self._conn is not None
+        wait = timedelta(seconds=max(self.interval * LOADING_TICKS, 1.0))
+        row = self._conn.execute(LAST_COMMIT, (wait,)).fetchone()
+        return bool(row and row[0])
+
     def tick(self) -> None:
         """One step; a fault is logged (once, then every few minutes) and kept in ``error``."""
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = db.connect(self.conninfo, autocommit=True)
-            got = run(self._conn, grace=self.grace, max_steps=1)
+            if self.loading():
+                got = run(self._conn, grace=self.grace, max_steps=1,
+                          max_hours=LOADING_MAX_HOURS, max_days=LOADING_MAX_DAYS)  # fmt: skip
+            else:
+                got = run(self._conn, grace=self.grace, max_steps=1)
             self.steps += got.steps
             if self.error is not None:
                 log.warning("rollups: materializing again (%s is over)", self.error)

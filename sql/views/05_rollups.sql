@@ -48,27 +48,33 @@ FROM (
       AND m.bucket <> ALL (CAST((SELECT coalesce(array_agg(DISTINCT pmta.utc_day(i.hour)), '{}') 
                         FROM pmta.rollup_invalidations i WHERE i.hour < (SELECT coalesce(s.watermark, '-infinity') FROM pmta.rollup_state s)) AS timestamptz[]))
     UNION ALL
-    -- live: the tail, and the invalidated days up to the watermark
-    SELECT pmta.utc_day(e.time_logged), pmta.rollup_key(e.source), pmta.rollup_key(e.record_type),
-           pmta.rollup_key(pmta.rollup_domain(e.record_type, e.rcpt_domain, e.queue)),
-           pmta.rollup_ip(e.record_type, e.dlv_source_ip, e.rep_source_ip),
-           pmta.rollup_key(coalesce(e.vmta, '')), pmta.rollup_key(coalesce(e.vmta_pool, '')),
-           pmta.rollup_key(pmta.rollup_job(e.record_type, e.job_id, e.extra)),
-           pmta.rollup_key(pmta.rollup_bounce_cat(e.record_type, e.bounce_cat)), 1::bigint
-    FROM pmta.events e
-    WHERE e.time_logged >= pmta.rollup_watermark()
-    UNION ALL
-    SELECT pmta.utc_day(e.time_logged), pmta.rollup_key(e.source), pmta.rollup_key(e.record_type),
-           pmta.rollup_key(pmta.rollup_domain(e.record_type, e.rcpt_domain, e.queue)),
-           pmta.rollup_ip(e.record_type, e.dlv_source_ip, e.rep_source_ip),
-           pmta.rollup_key(coalesce(e.vmta, '')), pmta.rollup_key(coalesce(e.vmta_pool, '')),
-           pmta.rollup_key(pmta.rollup_job(e.record_type, e.job_id, e.extra)),
-           pmta.rollup_key(pmta.rollup_bounce_cat(e.record_type, e.bounce_cat)), 1::bigint
-    FROM pmta.events e
-    WHERE e.time_logged >= pmta.rollup_invalidated_from()
-            AND e.time_logged < pmta.rollup_watermark()
-            AND pmta.utc_day(e.time_logged) = ANY (CAST((SELECT coalesce(array_agg(DISTINCT pmta.utc_day(i.hour)), '{}') 
+    -- live: the tail, and the invalidated days up to the watermark, grouped on the
+    -- cheap derivations first and bounded (rollup_key) per group
+    SELECT g.bucket, pmta.rollup_key(g.source), pmta.rollup_key(g.record_type),
+           pmta.rollup_key(g.rcpt_domain), g.ip, pmta.rollup_key(g.vmta),
+           pmta.rollup_key(g.vmta_pool), pmta.rollup_key(g.job_id), pmta.rollup_key(g.bounce_cat),
+           g.n
+    FROM (
+        SELECT pmta.utc_day(e.time_logged) AS bucket, e.source, e.record_type,
+               pmta.rollup_domain(e.record_type, e.rcpt_domain, e.queue) AS rcpt_domain,
+               pmta.rollup_ip(e.record_type, e.dlv_source_ip, e.rep_source_ip) AS ip,
+               coalesce(e.vmta, '') AS vmta, coalesce(e.vmta_pool, '') AS vmta_pool,
+               pmta.rollup_job(e.record_type, e.job_id, e.extra) AS job_id,
+               pmta.rollup_bounce_cat(e.record_type, e.bounce_cat) AS bounce_cat,
+               count(*) AS n
+        FROM (
+            SELECT e.* FROM pmta.events e
+            WHERE e.time_logged >= pmta.rollup_watermark()
+            UNION ALL
+            SELECT e.*
+            FROM pmta.events e
+            WHERE e.time_logged >= pmta.rollup_invalidated_from()
+              AND e.time_logged < pmta.rollup_watermark()
+              AND pmta.utc_day(e.time_logged) = ANY (CAST((SELECT coalesce(array_agg(DISTINCT pmta.utc_day(i.hour)), '{}') 
                         FROM pmta.rollup_invalidations i WHERE i.hour < (SELECT coalesce(s.watermark, '-infinity') FROM pmta.rollup_state s)) AS timestamptz[]))
+        ) e
+        GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
+    ) g
 ) x
 GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9;
 
@@ -80,25 +86,31 @@ WHERE pmta.utc_day(m.bucket) <> ALL (CAST((SELECT coalesce(array_agg(DISTINCT pm
                         FROM pmta.rollup_invalidations i WHERE i.hour < (SELECT coalesce(s.watermark, '-infinity') FROM pmta.rollup_state s)) AS timestamptz[]))
 UNION ALL
 SELECT x.bucket, x.source, x.record_type, x.rcpt_domain, x.dlv_source_ip, x.bounce_cat,
-       count(*)::bigint
+       sum(x.n)::bigint
 FROM (
-    SELECT pmta.utc_hour(e.time_logged) AS bucket, pmta.rollup_key(e.source) AS source,
-           pmta.rollup_key(e.record_type) AS record_type,
-           pmta.rollup_key(pmta.rollup_domain(e.record_type, e.rcpt_domain, e.queue)) AS rcpt_domain,
-           pmta.rollup_ip(e.record_type, e.dlv_source_ip, e.rep_source_ip) AS dlv_source_ip,
-           pmta.rollup_key(pmta.rollup_bounce_cat(e.record_type, e.bounce_cat)) AS bounce_cat
-    FROM pmta.events e
-    WHERE e.time_logged >= pmta.rollup_watermark()
-    UNION ALL
-    SELECT pmta.utc_hour(e.time_logged), pmta.rollup_key(e.source), pmta.rollup_key(e.record_type),
-           pmta.rollup_key(pmta.rollup_domain(e.record_type, e.rcpt_domain, e.queue)),
-           pmta.rollup_ip(e.record_type, e.dlv_source_ip, e.rep_source_ip),
-           pmta.rollup_key(pmta.rollup_bounce_cat(e.record_type, e.bounce_cat))
-    FROM pmta.events e
-    WHERE e.time_logged >= pmta.rollup_invalidated_from()
-            AND e.time_logged < pmta.rollup_watermark()
-            AND pmta.utc_day(e.time_logged) = ANY (CAST((SELECT coalesce(array_agg(DISTINCT pmta.utc_day(i.hour)), '{}') 
+    -- grouped on the cheap derivations first, bounded (rollup_key) per group
+    SELECT g.bucket, pmta.rollup_key(g.source) AS source,
+           pmta.rollup_key(g.record_type) AS record_type,
+           pmta.rollup_key(g.rcpt_domain) AS rcpt_domain, g.dlv_source_ip,
+           pmta.rollup_key(g.bounce_cat) AS bounce_cat, g.n
+    FROM (
+        SELECT pmta.utc_hour(e.time_logged) AS bucket, e.source, e.record_type,
+               pmta.rollup_domain(e.record_type, e.rcpt_domain, e.queue) AS rcpt_domain,
+               pmta.rollup_ip(e.record_type, e.dlv_source_ip, e.rep_source_ip) AS dlv_source_ip,
+               pmta.rollup_bounce_cat(e.record_type, e.bounce_cat) AS bounce_cat, count(*) AS n
+        FROM (
+            SELECT e.* FROM pmta.events e
+            WHERE e.time_logged >= pmta.rollup_watermark()
+            UNION ALL
+            SELECT e.*
+            FROM pmta.events e
+            WHERE e.time_logged >= pmta.rollup_invalidated_from()
+              AND e.time_logged < pmta.rollup_watermark()
+              AND pmta.utc_day(e.time_logged) = ANY (CAST((SELECT coalesce(array_agg(DISTINCT pmta.utc_day(i.hour)), '{}') 
                         FROM pmta.rollup_invalidations i WHERE i.hour < (SELECT coalesce(s.watermark, '-infinity') FROM pmta.rollup_state s)) AS timestamptz[]))
+        ) e
+        GROUP BY 1, 2, 3, 4, 5, 6
+    ) g
 ) x
 GROUP BY 1, 2, 3, 4, 5, 6;
 
@@ -164,25 +176,32 @@ FROM (
       AND m.bucket <> ALL (CAST((SELECT coalesce(array_agg(DISTINCT pmta.utc_day(i.hour)), '{}') 
                         FROM pmta.rollup_invalidations i WHERE i.hour < (SELECT coalesce(s.watermark, '-infinity') FROM pmta.rollup_state s)) AS timestamptz[]))
     UNION ALL
-    SELECT pmta.utc_day(e.time_logged), pmta.rollup_key(e.source),
-           pmta.rollup_key(pmta.rollup_domain(e.record_type, e.rcpt_domain, e.queue)),
-           pmta.delivery_bin(pmta.delivery_seconds(e.record_type, e.total_seconds_queued,
-                                                   e.time_logged, e.time_queued)),
-           1::bigint
+    -- grouped by whole seconds first (delivery_bin truncates to them): the bin and
+    -- the keys per group, not per record
+    SELECT g.bucket, pmta.rollup_key(g.source), pmta.rollup_key(g.rcpt_domain),
+           pmta.delivery_bin(g.secs), g.n
     FROM (
-        SELECT e.* FROM pmta.events e
-        WHERE e.time_logged >= pmta.rollup_watermark()
-        UNION ALL
-        SELECT e.*
-        FROM pmta.events e
-              WHERE e.time_logged >= pmta.rollup_invalidated_from()
-                AND e.time_logged < pmta.rollup_watermark()
-                AND pmta.utc_day(e.time_logged) = ANY (CAST((SELECT coalesce(array_agg(DISTINCT pmta.utc_day(i.hour)), '{}') 
-                        FROM pmta.rollup_invalidations i WHERE i.hour < (SELECT coalesce(s.watermark, '-infinity') FROM pmta.rollup_state s)) AS timestamptz[]))
-    ) e
-    WHERE e.record_type = 'd'
-      AND pmta.delivery_seconds(e.record_type, e.total_seconds_queued, e.time_logged,
-                                e.time_queued) IS NOT NULL
+        SELECT pmta.utc_day(e.time_logged) AS bucket, e.source,
+               pmta.rollup_domain(e.record_type, e.rcpt_domain, e.queue) AS rcpt_domain,
+               floor(pmta.delivery_seconds(e.record_type, e.total_seconds_queued, e.time_logged,
+                                           e.time_queued)) AS secs,
+               count(*) AS n
+        FROM (
+            SELECT e.* FROM pmta.events e
+            WHERE e.time_logged >= pmta.rollup_watermark()
+            UNION ALL
+            SELECT e.*
+            FROM pmta.events e
+                  WHERE e.time_logged >= pmta.rollup_invalidated_from()
+                    AND e.time_logged < pmta.rollup_watermark()
+                    AND pmta.utc_day(e.time_logged) = ANY (CAST((SELECT coalesce(array_agg(DISTINCT pmta.utc_day(i.hour)), '{}') 
+                            FROM pmta.rollup_invalidations i WHERE i.hour < (SELECT coalesce(s.watermark, '-infinity') FROM pmta.rollup_state s)) AS timestamptz[]))
+        ) e
+        WHERE e.record_type = 'd'
+          AND pmta.delivery_seconds(e.record_type, e.total_seconds_queued, e.time_logged,
+                                    e.time_queued) IS NOT NULL
+        GROUP BY 1, 2, 3, 4
+    ) g
 ) x
 GROUP BY 1, 2, 3, 4;
 

@@ -30,6 +30,12 @@
  * record whose first field might read "type" (a header line: the mapping changes
  * after it) ends the call: `stop` is the index after it, else len(records).
  *
+ * Two passes: the scan (split, checks, MD5, COPY lines into C buffers) runs without
+ * the GIL, on a list of the records this call holds, so the loader thread sends its
+ * statements meanwhile; then, with the GIL, the output objects. Invalid UTF-8 is
+ * found in the second pass (the decoder's), so a record found slow there that may be a
+ * header line ends the call there, and what the scan read after it is dropped.
+ *
  * lines, ids, times, raws: one str per ordinary record, in order (times: the same
  * str object while the text repeats). days: set of the UTC days' proleptic
  * ordinals (date.toordinal()). slow: list of indexes into records.
@@ -166,6 +172,8 @@ static void md5_hex(md5_ctx *c, char *out) {
 }
 
 /* ---- a growable byte buffer --------------------------------------------------- */
+/* The scan runs without the GIL: its buffers come from PyMem_Raw*, and running out of
+ * memory is returned as -1 (the caller raises MemoryError once it holds the GIL). */
 typedef struct {
     unsigned char *p;
     Py_ssize_t n, cap;
@@ -174,11 +182,8 @@ typedef struct {
 static int buf_reserve(bytebuf *b, Py_ssize_t more) {
     if (b->n + more <= b->cap) return 0;
     Py_ssize_t cap = (b->n + more) * 2 + 256;
-    unsigned char *p = PyMem_Realloc(b->p, (size_t)cap);
-    if (!p) {
-        PyErr_NoMemory();
-        return -1;
-    }
+    unsigned char *p = PyMem_RawRealloc(b->p, (size_t)cap);
+    if (!p) return -1;
     b->p = p;
     b->cap = cap;
     return 0;
@@ -503,18 +508,17 @@ typedef struct {
 } work_t;
 
 /* One record into w->line (its COPY line) and *id_out, *time_out, *day_out;
- * FAST, SLOW, or -1 on an error. */
+ * FAST, SLOW, or -1 when memory ran out. Touches no Python object (runs without the GIL). */
 static int one_record(const plan_t *pl, work_t *w, const unsigned char *rec, Py_ssize_t len,
                       const char *src, Py_ssize_t srclen, char *id_out, char *time_out,
                       long *day_out, int *ascii) {
     if (len >= MAX_RECORD) return SLOW;
     if (len + 1 > w->bufsize) {
-        PyMem_Free(w->buf);
+        PyMem_RawFree(w->buf);
         w->bufsize = len * 2 + 64;
-        w->buf = PyMem_Malloc((size_t)w->bufsize);
+        w->buf = PyMem_RawMalloc((size_t)w->bufsize);
         if (!w->buf) {
             w->bufsize = 0;
-            PyErr_NoMemory();
             return -1;
         }
     }
@@ -661,6 +665,39 @@ static int one_record(const plan_t *pl, work_t *w, const unsigned char *rec, Py_
     return FAST;
 }
 
+/* What the scan found for one record, kept until the output objects are built. */
+typedef struct {
+    Py_ssize_t line_at, line_len; /* its COPY line in the batch's line buffer */
+    long day;
+    int kind, ascii;
+    char id[32], text[25];
+} found_t;
+
+/* The scan of records[0:n] (pointers and lengths taken with the GIL): every record's
+ * kind, id, time and COPY line (appended to *lines), up to and including a slow record
+ * that may be a header line. Runs without the GIL; returns how many records it read,
+ * or -1 when memory ran out. */
+static Py_ssize_t scan(const plan_t *pl, work_t *w, const unsigned char *const *ptrs,
+                       const Py_ssize_t *lens, Py_ssize_t n, const char *src, Py_ssize_t srclen,
+                       found_t *found, bytebuf *lines) {
+    for (Py_ssize_t k = 0; k < n; k++) {
+        found_t *f = &found[k];
+        f->line_at = f->line_len = 0;
+        f->kind = one_record(pl, w, ptrs[k], lens[k], src, srclen, f->id, f->text, &f->day,
+                             &f->ascii);
+        if (f->kind < 0) return -1;
+        if (f->kind == SLOW) {
+            if (lens[k] < MAX_RECORD && maybe_header(ptrs[k], lens[k])) return k + 1;
+            continue;
+        }
+        if (buf_reserve(lines, w->line.n) < 0) return -1;
+        f->line_at = lines->n;
+        f->line_len = w->line.n;
+        buf_put(lines, w->line.p, w->line.n);
+    }
+    return n;
+}
+
 static PyObject *fast_parse(PyObject *self, PyObject *args) {
     PyObject *records, *plan_obj;
     Py_ssize_t start;
@@ -672,19 +709,53 @@ static PyObject *fast_parse(PyObject *self, PyObject *args) {
         return NULL;
     plan_t pl;
     work_t w;
+    bytebuf all = {NULL, 0, 0};
     memset(&w, 0, sizeof(w));
-    PyObject *lines = NULL, *ids = NULL, *times = NULL, *raws = NULL, *days = NULL;
-    PyObject *slow = NULL, *result = NULL, *last_time = NULL;
+    memset(&pl, 0, sizeof(pl));
+    PyObject *held = NULL, *lines = NULL, *ids = NULL, *times = NULL, *raws = NULL;
+    PyObject *days = NULL, *slow = NULL, *result = NULL, *last_time = NULL;
+    const unsigned char **ptrs = NULL;
+    Py_ssize_t *lens = NULL;
+    found_t *found = NULL;
     char last_text[25];
     long last_day = -1;
     if (read_plan(plan_obj, &pl) < 0) goto done;
     int src_ascii = 1;
     for (Py_ssize_t i = 0; i < srclen; i++) src_ascii &= !((unsigned char)src[i] & 0x80);
-    w.fields = PyMem_Malloc(sizeof(span) * (size_t)(pl.width + 2));
-    if (!w.fields) {
+    if (start < 0) start = 0;
+    /* the records, held by a list of our own while the GIL is released */
+    Py_ssize_t nrec = PyList_GET_SIZE(records);
+    held = PyList_GetSlice(records, start, nrec);
+    if (!held) goto done;
+    Py_ssize_t n = PyList_GET_SIZE(held);
+    w.fields = PyMem_RawMalloc(sizeof(span) * (size_t)(pl.width + 2));
+    ptrs = PyMem_RawMalloc(sizeof(*ptrs) * (size_t)(n ? n : 1));
+    lens = PyMem_RawMalloc(sizeof(*lens) * (size_t)(n ? n : 1));
+    found = PyMem_RawMalloc(sizeof(*found) * (size_t)(n ? n : 1));
+    if (!w.fields || !ptrs || !lens || !found) {
         PyErr_NoMemory();
         goto done;
     }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *rec = PyList_GET_ITEM(held, k);
+        if (!PyBytes_Check(rec)) {
+            PyErr_SetString(PyExc_TypeError, "records must be bytes");
+            goto done;
+        }
+        ptrs[k] = (const unsigned char *)PyBytes_AS_STRING(rec);
+        lens[k] = PyBytes_GET_SIZE(rec);
+    }
+    /* the split, checks, MD5 and COPY lines: no Python object, so without the GIL (the
+     * loader thread sends its statements meanwhile) */
+    Py_ssize_t scanned;
+    Py_BEGIN_ALLOW_THREADS
+    scanned = scan(&pl, &w, ptrs, lens, n, src, srclen, found, &all);
+    Py_END_ALLOW_THREADS
+    if (scanned < 0) {
+        PyErr_NoMemory();
+        goto done;
+    }
+
     lines = PyList_New(0);
     ids = PyList_New(0);
     times = PyList_New(0);
@@ -692,23 +763,15 @@ static PyObject *fast_parse(PyObject *self, PyObject *args) {
     days = PySet_New(NULL);
     slow = PyList_New(0);
     if (!lines || !ids || !times || !raws || !days || !slow) goto done;
-    Py_ssize_t nrec = PyList_GET_SIZE(records), r = start < 0 ? 0 : start;
-    for (; r < nrec; r++) {
-        PyObject *rec = PyList_GET_ITEM(records, r);
-        if (!PyBytes_Check(rec)) {
-            PyErr_SetString(PyExc_TypeError, "records must be bytes");
-            goto done;
-        }
-        Py_ssize_t len = PyBytes_GET_SIZE(rec);
-        const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(rec);
-        char id[32], text[25];
-        long day;
-        int ascii;
-        int kind = one_record(&pl, &w, p, len, src, srclen, id, text, &day, &ascii);
-        if (kind < 0) goto done;
+    Py_ssize_t k = 0;
+    for (; k < scanned; k++) {
+        const found_t *f = &found[k];
+        const unsigned char *p = ptrs[k];
+        Py_ssize_t len = lens[k];
+        int kind = f->kind;
         PyObject *raw = NULL;
         if (kind == FAST) {
-            raw = make_str(p, len, ascii); /* invalid UTF-8: left to Python */
+            raw = make_str(p, len, f->ascii); /* invalid UTF-8: left to Python */
             if (!raw) {
                 if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) goto done;
                 PyErr_Clear();
@@ -716,9 +779,9 @@ static PyObject *fast_parse(PyObject *self, PyObject *args) {
             }
         }
         if (kind == SLOW) {
-            if (append_new(slow, PyLong_FromSsize_t(r)) < 0) goto done;
+            if (append_new(slow, PyLong_FromSsize_t(start + k)) < 0) goto done;
             if (len < MAX_RECORD && maybe_header(p, len)) {
-                r++;
+                k++;
                 break; /* perhaps a header line: the mapping may change after it */
             }
             continue;
@@ -728,31 +791,38 @@ static PyObject *fast_parse(PyObject *self, PyObject *args) {
             goto done;
         }
         Py_DECREF(raw);
-        if (append_new(lines, make_str(w.line.p, w.line.n, ascii && src_ascii && pl.names_ascii)) < 0) goto done;
-        if (append_new(ids, make_str((const unsigned char *)id, 32, 1)) < 0) goto done;
-        if (!last_time || memcmp(last_text, text, 25)) {
+        if (append_new(lines, make_str(all.p + f->line_at, f->line_len,
+                                       f->ascii && src_ascii && pl.names_ascii)) < 0)
+            goto done;
+        if (append_new(ids, make_str((const unsigned char *)f->id, 32, 1)) < 0) goto done;
+        if (!last_time || memcmp(last_text, f->text, 25)) {
             Py_XDECREF(last_time);
-            last_time = make_str((const unsigned char *)text, 25, 1);
+            last_time = make_str((const unsigned char *)f->text, 25, 1);
             if (!last_time) goto done;
-            memcpy(last_text, text, 25);
+            memcpy(last_text, f->text, 25);
         }
         if (PyList_Append(times, last_time) < 0) goto done;
-        if (day != last_day) {
-            PyObject *d = PyLong_FromLong(day);
+        if (f->day != last_day) {
+            PyObject *d = PyLong_FromLong(f->day);
             if (!d) goto done;
             int bad = PySet_Add(days, d);
             Py_DECREF(d);
             if (bad < 0) goto done;
-            last_day = day;
+            last_day = f->day;
         }
     }
-    result = Py_BuildValue("nOOOOOO", r, lines, ids, times, raws, days, slow);
+    result = Py_BuildValue("nOOOOOO", start + k, lines, ids, times, raws, days, slow);
 done:
     plan_free(&pl);
-    PyMem_Free(w.fields);
-    PyMem_Free(w.buf);
-    PyMem_Free(w.line.p);
-    PyMem_Free(w.ident.p);
+    PyMem_RawFree(w.fields);
+    PyMem_RawFree(w.buf);
+    PyMem_RawFree(w.line.p);
+    PyMem_RawFree(w.ident.p);
+    PyMem_RawFree(all.p);
+    PyMem_RawFree(ptrs);
+    PyMem_RawFree(lens);
+    PyMem_RawFree(found);
+    Py_XDECREF(held);
     Py_XDECREF(last_time);
     Py_XDECREF(lines);
     Py_XDECREF(ids);

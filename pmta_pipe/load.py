@@ -6,20 +6,28 @@
    batch needs (``pmta.ensure_partitions``), so that loaders never hold partition locks;
    a day ``prune`` sealed (``pmta.pruned_days``) gets none, and the batch's records of
    it are counted as duplicates, not loaded (its materialized rollups count them already);
-2. inserts the rows into ``pmta.events``, one of two ways, each inside a savepoint:
+2. inserts the rows into ``pmta.events``, one of two ways, with no savepoint (the
+   transaction holds nothing else yet, so rolling it back whole is as good as a
+   savepoint, and costs no round trips in the usual case):
 
    * fast way (new records, the usual case): ``COPY`` straight into ``pmta.events``.
      A ``unique_violation`` (a record already loaded, or twice in the batch) rolls
-     back to the savepoint and the batch takes the safe way;
+     the transaction back and the batch is loaded again the safe way;
    * safe way: ``COPY`` into the temporary ``batch_stage``, then one
      ``INSERT … ON CONFLICT DO NOTHING RETURNING record_id`` in key order.
+
+   A record PostgreSQL refuses rolls that transaction back too, and the batch is
+   loaded again inside savepoints that isolate the record (below);
 
    After a batch with duplicates the loader keeps to the safe way (a replay would
    otherwise do every insert twice) until a batch comes with none;
 3. stores the batch's rejects in ``pmta.rejects``;
 4. runs the caller's ``bookkeeping`` (the ``pmta.ingest_batches`` row, the hours to
    count again for the report rollups, the import ledger), so that it commits with
-   the events or not at all; then COMMIT.
+   the events or not at all; then COMMIT. The rejects and the bookkeeping go out in
+   one pipeline (``conn.pipeline()``): one round trip for all of their statements.
+   A batch of new records costs 5 round trips: BEGIN, COPY, its end, the pipeline,
+   COMMIT.
 
 The report rollups are not maintained here: ``materialize`` counts them in bulk from
 ``pmta.events``, and the bookkeeping of a batch that inserted rows logs the hours it
@@ -141,6 +149,15 @@ class _Refused:
 
     reject: Reject
     sqlstate: str | None
+
+
+class _Isolate(Exception):
+    """The batch's transaction without savepoints failed on a record (a duplicate or a
+    value PostgreSQL refuses): load it again in savepoints that isolate the record."""
+
+    def __init__(self, *, duplicate: bool) -> None:
+        super().__init__()
+        self.duplicate = duplicate  # a duplicate in the fast way: the upsert way next
 
 
 class _PartitionMissing(Exception):
@@ -411,33 +428,64 @@ class Loader:
                      batch.positions)  # fmt: skip
         if batch.days & self._sealed:  # records of pruned days: duplicates, not loaded
             rows = rows.take([j for j, t in enumerate(rows.times) if not self._is_sealed(t)])
+        # the usual case, without a savepoint: BEGIN, COPY, the bookkeeping, COMMIT; a
+        # duplicate in the fast way: once more by the upsert; a refused record (the
+        # transaction rolled back whole: only the insert was in it): in savepoints
+        while rows.ids:
+            try:
+                return self._transaction(conn, batch, rows, header_line, received_at,
+                                         bookkeeping, isolate=False)  # fmt: skip
+            except _Isolate as exc:
+                if not exc.duplicate:
+                    break
+        return self._transaction(conn, batch, rows, header_line, received_at, bookkeeping,
+                                 isolate=True)  # fmt: skip
+
+    def _transaction(
+        self,
+        conn: psycopg.Connection[Any],
+        batch: ParsedBatch,
+        rows: _Rows,
+        header_line: str | None,
+        received_at: datetime,
+        bookkeeping: Bookkeeping | None,
+        *,
+        isolate: bool,
+    ) -> LoadResult:
+        """The batch's one transaction. Without ``isolate``, the rows are COPYed into
+        pmta.events with no savepoint, and a duplicate or a refused record raises
+        ``_Isolate`` (the transaction rolled back); with it, in savepoints that isolate
+        a refused record and take the upsert way on a duplicate."""
         result = LoadResult(records=batch.records)
-        # one transaction: the savepoints inside (isolation, the fast way) nest in it
         with conn.transaction(), conn.cursor() as cur:
             inserted: Sequence[tuple[str, str]] = []
             refused: list[_Refused] = []
-            if rows.ids:
+            if rows.ids and not isolate:
+                inserted = self._insert_plain(cur, rows)
+            elif rows.ids:
                 inserted, refused = self._insert_isolating(conn, cur, rows)
             parser_rejects = [(r, None) for r in batch.rejects]
             all_rejects = [*parser_rejects, *((x.reject, x.sqlstate) for x in refused)]
-            if all_rejects:
-                cur.executemany(
-                    _REJECT,
-                    [
-                        (
-                            reject_id(r.raw), batch.source, r.reason, r.raw, r.position,
-                            header_line, received_at,
-                            "parser" if state is None else "database", state,
-                        )
-                        for r, state in all_rejects
-                    ],
-                )  # fmt: skip
             result.inserted = len(inserted)
             result.rejected = len(all_rejects)
             result.rejected_by_database = len(refused)
             result.duplicates = len(batch.ids) - len(refused) - len(inserted)
-            if bookkeeping is not None:
-                bookkeeping(conn, result, inserted)
+            # the rejects and the bookkeeping (several statements) in one round trip
+            with conn.pipeline():
+                if all_rejects:
+                    cur.executemany(
+                        _REJECT,
+                        [
+                            (
+                                reject_id(r.raw), batch.source, r.reason, r.raw, r.position,
+                                header_line, received_at,
+                                "parser" if state is None else "database", state,
+                            )
+                            for r, state in all_rejects
+                        ],
+                    )  # fmt: skip
+                if bookkeeping is not None:
+                    bookkeeping(conn, result, inserted)
         for x in refused:  # committed: now they are in pmta.rejects
             # the server's message may quote the value (an address): it is in
             # pmta.rejects.reason; the log gets the position and the SQLSTATE only
@@ -472,6 +520,28 @@ class Loader:
         b_rows, b_refused = self._insert_isolating(conn, cur, rows.part(half, len(rows.ids)))
         return [*a_rows, *b_rows], [*a_refused, *b_refused]
 
+    def _insert_plain(self, cur: psycopg.Cursor[Any], rows: _Rows) -> Sequence[tuple[str, str]]:
+        """Insert ``rows`` outside any savepoint, by COPY into pmta.events (the fast way)
+        or the upsert; ``_Isolate`` on a duplicate in the fast way (the upsert way from
+        now on) or on a record PostgreSQL refuses."""
+        fast = self.fast
+        try:
+            if not fast:
+                return self._upsert(cur, rows, "".join(rows.lines), clear=False)
+            with cur.copy(_copy_statement("pmta.events", rows.fmt)) as copy:
+                copy.write("".join(rows.lines))
+        except psycopg.Error as exc:
+            if fast and isinstance(exc, pg_errors.UniqueViolation):
+                self.fast = False
+                log.debug("batch has records already loaded: taking the upsert way")
+                raise _Isolate(duplicate=True) from exc
+            if isinstance(exc, pg_errors.CheckViolation) and exc.diag.constraint_name is None:
+                raise _PartitionMissing from exc  # "no partition of relation found for row"
+            if faults.is_record_fault(exc):
+                raise _Isolate(duplicate=False) from exc
+            raise
+        return list(zip(rows.times, rows.ids, strict=True))
+
     def _insert_rows(
         self, conn: psycopg.Connection[Any], cur: psycopg.Cursor[Any], rows: _Rows
     ) -> Sequence[tuple[str, str]]:
@@ -487,11 +557,20 @@ class Loader:
             except pg_errors.UniqueViolation:
                 self.fast = False
                 log.debug("batch has records already loaded: taking the upsert way")
+        return self._upsert(cur, rows, data, clear=True)
+
+    def _upsert(
+        self, cur: psycopg.Cursor[Any], rows: _Rows, data: str, *, clear: bool
+    ) -> Sequence[tuple[str, str]]:
+        """COPY into batch_stage, INSERT … ON CONFLICT DO NOTHING RETURNING; ``clear``
+        empties batch_stage for another insert in the same transaction (COMMIT does
+        it otherwise: ON COMMIT DELETE ROWS)."""
         with cur.copy(_copy_statement("batch_stage", rows.fmt)) as copy:
             copy.write(data)
         cur.execute(_UPSERT)
         new_ids = {record_id.hex for (record_id,) in cur.fetchall()}
-        cur.execute("DELETE FROM batch_stage")
+        if clear:
+            cur.execute("DELETE FROM batch_stage")
         if len(new_ids) == len(rows.ids):
             self.fast = True  # no duplicates: back to the fast way for the next batch
         inserted = []

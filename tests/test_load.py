@@ -167,3 +167,37 @@ def test_pipeline_hands_on_the_loading_error() -> None:
     pipeline.submit(Batch(framed(stream(10)), NOW, Receipt()), RecordParser("h"))
     with pytest.raises(DatabaseUnavailable):
         pipeline.close()
+
+
+def _round_trips(trace: str) -> list[str]:
+    """The client's messages in a libpq trace that wait for the server's answer: the
+    message, and a query's first word."""
+    trips = []
+    for line in trace.splitlines():
+        parts = line.split("\t")
+        if parts[0] != "F" or parts[2].strip() not in ("Query", "Sync", "CopyDone"):
+            continue
+        word = parts[3].strip().strip('"').split()[0] if parts[2] == "Query" else ""
+        trips.append(f"{parts[2]} {word}".strip())
+    return trips
+
+
+def test_a_batch_of_new_records_takes_five_round_trips(dsn: str, conn: Conn, tmp_path: Any) -> None:
+    """BEGIN, COPY, its end, one pipeline for the bookkeeping, COMMIT: no savepoint."""
+    batch = parsed(stream(2000, days=1))
+    loader = Loader(dsn)
+    seen = Recorder()
+    assert loader.load(sub(batch, slice(0, 1000))).inserted == 1000  # partitions made
+    path = tmp_path / "trace"
+    with path.open("w") as out:
+        pgconn = loader.connection().pgconn
+        pgconn.trace(out.fileno())
+        pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+        result = loader.load(sub(batch, slice(1000, 2000)), bookkeeping=seen)
+        pgconn.untrace()
+    assert result.inserted == 1000
+    assert _round_trips(path.read_text()) == [
+        "Query BEGIN", "Query COPY", "CopyDone", "Sync", "Query COMMIT"
+    ]  # fmt: skip
+    assert seen.inserted == [ids(sub(batch, slice(1000, 2000)))]
+    loader.close()

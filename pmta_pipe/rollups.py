@@ -15,33 +15,18 @@ SMTPUTF8) the results are the same.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from operator import itemgetter
-from typing import Any
-
-from pmta_pipe.fields import EVENT_COLUMNS
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICRO = timedelta(microseconds=1)
 _ONE_MINUTE = timedelta(minutes=1)
-_DIAG_TYPES = frozenset(("t", "tq", "b", "rb"))
-_BOUNCE_TYPES = frozenset(("b", "rb"))
-_NO_IP = "0.0.0.0"
 _INT4_MAX = 2147483647
 
-_COLUMNS = tuple(
-    itemgetter(EVENT_COLUMNS.index(c))
-    for c in (
-        "time_logged", "record_type", "source", "rcpt_domain", "queue", "dlv_source_ip",
-        "rep_source_ip", "vmta", "vmta_pool", "job_id", "extra", "bounce_cat", "dsn_diag",
-        "dsn_status", "total_seconds_queued", "time_queued",
-    )
-)  # fmt: skip
 _LOCAL_HOUR = itemgetter(slice(0, 13))  # YYYY-MM-DDTHH
 _OFFSET = itemgetter(slice(19, None))  # ±HH:MM in the parser's form
 
@@ -59,13 +44,6 @@ def rollup_key(text: str) -> str:
         return text
     digest = hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()[:8]
     return f"{text[:KEY_CHARS]}…{digest}"
-
-
-def _bounded(column: Sequence[str]) -> Sequence[str]:
-    """``column`` with every value as ``rollup_key`` makes it (unchanged in the usual case)."""
-    if max(map(len, column), default=0) <= KEY_CHARS:
-        return column
-    return list(map(rollup_key, column))
 
 
 @lru_cache(maxsize=4096)
@@ -179,15 +157,3 @@ def diag_pattern(dsn_diag: str) -> str:
         if needed.search(p):
             p = regex.sub(placeholder, p)
     return _SPACES.sub(" ", head + p).strip(" ")[:250]
-
-
-@lru_cache(maxsize=4096)
-def _diag_key(dsn_diag: str, dsn_status: str) -> tuple[str, str]:
-    return reply_code(dsn_diag, dsn_status), diag_pattern(dsn_diag)
-
-
-def _x_job(extra: str) -> str:
-    if not extra:
-        return ""
-    value: Any = json.loads(extra).get("header_X-job")
-    return "" if value is None else str(value)

@@ -11,18 +11,19 @@ Threads and hand-offs::
   it. It never waits for the loader or the database: the queue holds at most
   ``MAX_MEMORY_BATCHES`` batches (``MAX_MEMORY_BYTES``) in memory, and beyond that
   only their place in the spool ("on disk only"); the main thread reads those back.
-* The main thread finds the database (starting the embedded one if that is the
-  target), hands orphaned segments left by dead processes to the same pipeline (at
-  start and every ``RECOVER_SECONDS``: ``replay.submit_orphans``), then parses the
-  queue in order and hands each parsed batch to the loader thread
-  (``pipeline.Pipeline``, at most ``LOAD_DEPTH`` batches ahead; migrations are applied
-  on its first connection),
-  so that parsing the next batch overlaps loading the previous one (psycopg releases
-  the GIL while PostgreSQL works). Each committed batch is acknowledged to the spool
-  from the loader thread, right after its commit; the spool deletes a segment once
-  all its batches are committed. The loader retries transient errors forever
-  (exponential backoff with jitter, capped; logged once when the database goes away
-  and once when it is back), so a database outage only makes the spool grow.
+* The main thread runs ``feed.Feed``, the loading side ``serve`` shares: it finds
+  the database (starting the embedded one if that is the target), hands orphaned
+  segments left by dead processes to the same pipeline (at start and every
+  ``feed.RECOVER_SECONDS``: ``replay.submit_orphans``), then parses the queue
+  (``feed.PendingQueue``) in order and hands each parsed batch to the loader thread
+  (``pipeline.Pipeline``, at most ``feed.LOAD_DEPTH`` batches ahead; migrations are
+  applied on its first connection), so that parsing the next batch overlaps loading
+  the previous one (psycopg releases the GIL while PostgreSQL works). Each committed
+  batch is acknowledged to the spool from the loader thread, right after its commit;
+  the spool deletes a segment once all its batches are committed. The loader retries
+  transient errors forever (exponential backoff with jitter, capped; logged once when
+  the database goes away and once when it is back), so a database outage only makes
+  the spool grow.
 * A fault of the setup (a missing GRANT, a dropped schema, a read-only database:
   ``faults``) is never a reject: the loader holds the batch and retries, logging an
   ERROR with the SQLSTATE and a hint when it starts and every few minutes, and the
@@ -43,34 +44,26 @@ Threads and hand-offs::
 
 from __future__ import annotations
 
-import collections
 import logging
 import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
-from pmta_pipe import db, materialize
 from pmta_pipe.config import Settings
-from pmta_pipe.errors import DatabaseUnavailable, PmtaPipeError, SetupFault, SpooledForLater
-from pmta_pipe.load import FaultNotice, Loader, LoadResult
-from pmta_pipe.parse import RecordParser
-from pmta_pipe.pipeline import Batch, Pipeline, Receipt
+from pmta_pipe.errors import PmtaPipeError, SpooledForLater
+from pmta_pipe.feed import Feed, Lane, Pending, PendingQueue  # noqa: F401 (Pending: re-exported)
+from pmta_pipe.load import LoadResult
 from pmta_pipe.reader import RawBatch, StreamReader
-from pmta_pipe.replay import Recovery, submit_orphans
 from pmta_pipe.spool import BatchRef, SpooledBatch, SpoolWriter
 
 log = logging.getLogger(__name__)
 
 MAX_MEMORY_BATCHES = 2  # beyond this, batches wait on disk only (bounded memory)
 MAX_MEMORY_BYTES = 32 << 20
-LOAD_DEPTH = 1  # parsed batches waiting for the loader thread
-RECOVER_SECONDS = 60.0
 FULL_LOG_SECONDS = 60.0  # the "spool full" ERROR, at most this often
 FULL_POLL_SECONDS = 0.2  # how often a held batch tries again for room
-RETRY_WAIT_MAX = 10.0  # longest pause between two attempts to reach the database
 
 
 @dataclass
@@ -83,91 +76,6 @@ class IngestResult:
     left_batches: int = 0
     left_records: int = 0  # journaled, not loaded: the next ingest or replay loads them
     error: PmtaPipeError | None = None  # why records were left (exit 75)
-
-
-@dataclass
-class _SpoolReceipt(Receipt):
-    """A batch this process journaled: acknowledged to its spool once committed."""
-
-    spool: SpoolWriter
-    ref: BatchRef | None  # None: the spool could not be written (memory only)
-
-    def __post_init__(self) -> None:
-        if self.ref is not None:
-            self.spool_segment, self.spool_offset = self.ref.segment, self.ref.offset
-
-    def committed(self, result: LoadResult) -> None:
-        if self.ref is not None:
-            self.spool.committed(self.ref)
-
-
-@dataclass
-class Pending:
-    """A queued batch: its place in the spool, and its records unless kept on disk only."""
-
-    ref: BatchRef | None  # None: the spool could not be written (kept in memory only)
-    batch: SpooledBatch | None
-    nbytes: int
-
-
-class PendingQueue:
-    """Unbounded in count, bounded in memory: ``push`` never blocks."""
-
-    def __init__(self, max_batches: int, max_bytes: int) -> None:
-        self.max_batches = max_batches
-        self.max_bytes = max_bytes
-        self._items: collections.deque[Pending] = collections.deque()
-        self._cond = threading.Condition()
-        self._closed = False
-        self._in_memory = 0
-        self._memory_bytes = 0
-        self._spilling = False
-        self.spilled = 0
-
-    def push(self, batch: SpooledBatch, nbytes: int, *, durable: bool = True) -> None:
-        with self._cond:
-            room = (
-                self._in_memory < self.max_batches and self._memory_bytes + nbytes <= self.max_bytes
-            )
-            if room or not durable:
-                self._items.append(Pending(batch.ref if durable else None, batch, nbytes))
-                self._in_memory += 1
-                self._memory_bytes += nbytes
-                if self._spilling and room:
-                    self._spilling = False
-                    log.info("loader caught up: batches are queued in memory again")
-            else:
-                self._items.append(Pending(batch.ref, None, 0))
-                self.spilled += 1
-                if not self._spilling:
-                    self._spilling = True
-                    log.warning(
-                        "loader behind by %d batches: new batches are kept on disk only",
-                        len(self._items),
-                    )
-            self._cond.notify()
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-
-    def get(self, timeout: float) -> Pending | bool | None:
-        """The next batch; ``None`` at the end; ``False`` when ``timeout`` passed first."""
-        with self._cond:
-            if not self._items and not self._closed:
-                self._cond.wait(timeout)
-            if self._items:
-                item = self._items.popleft()
-                if item.batch is not None:
-                    self._in_memory -= 1
-                    self._memory_bytes -= item.nbytes
-                return item
-            return None if self._closed else False
-
-    def __len__(self) -> int:
-        with self._cond:
-            return len(self._items)
 
 
 class Journal:
@@ -183,11 +91,13 @@ class Journal:
 
     def __init__(
         self,
-        spool: SpoolWriter,
+        lane: Lane | SpoolWriter,
         pending: PendingQueue,
         at_end: Callable[[], None],
     ) -> None:
-        self.spool = spool
+        lane = lane if isinstance(lane, Lane) else Lane.of(lane)
+        self.lane = lane
+        self.spool = lane.spool
         self.pending = pending
         self.at_end = at_end
         self.stopping: Callable[[], bool] = lambda: False
@@ -228,7 +138,7 @@ class Journal:
                     dummy = SpooledBatch(
                         BatchRef("", -1), raw.records, raw.received_at, 0, raw.torn_last
                     )
-                    self.pending.push(dummy, raw.nbytes, durable=False)
+                    self.pending.push(self.lane, dummy, raw.nbytes, durable=False)
                     return None
                 time.sleep(1.0)
                 continue
@@ -254,7 +164,7 @@ class Journal:
                 else:
                     self._quiet_holds += 1
                     self._quiet_seconds += held
-            self.pending.push(batch, raw.nbytes)
+            self.pending.push(self.lane, batch, raw.nbytes)
             return batch
 
     def _report_full(self, held: float) -> None:
@@ -283,113 +193,37 @@ def _install_signals(stop: Callable[[], None]) -> None:
         signal.signal(signum, handler)
 
 
-def _fault_note(notice: FaultNotice | None) -> dict[str, str | None] | None:
-    if notice is None:
-        return None
-    return {
-        "sqlstate": notice.sqlstate,
-        "message": notice.message,
-        "hint": notice.hint,
-        "since": notice.since.isoformat(),
-    }
-
-
 def run_ingest(settings: Settings, fd: int = 0) -> IngestResult:
     """Read accounting CSV from ``fd`` until end of input; journal and load every record."""
     started = time.monotonic()
     source = settings.source_name
     spool = SpoolWriter(settings.spool_path, source, max_bytes=settings.spool_max_bytes)
-    interrupt = threading.Event()  # set: stop waiting for the database
-    loaders: list[Loader] = []
-    pipelines: list[Pipeline] = []
-
-    def drain_watch(ended_at: float) -> None:
-        """After end of input: give up once nothing was committed for --drain-timeout
-        seconds (the database away, a setup fault, a statement blocked: cancel it). A
-        healthy database loading a backlog keeps committing, and is never cut off."""
-        while not interrupt.wait(0.2):
-            last = max([ended_at, *(p.progressed_at for p in pipelines)])
-            if time.monotonic() - last >= settings.drain_timeout:
-                interrupt.set()
-                for each in loaders:
-                    each.cancel()
-
-    def at_end() -> None:
-        watch = threading.Thread(
-            target=drain_watch, args=(time.monotonic(),), name="pmta-pipe-drain", daemon=True
-        )
-        watch.start()
-
+    lane = Lane.of(spool)
     pending = PendingQueue(MAX_MEMORY_BATCHES, MAX_MEMORY_BYTES)
-    journal = Journal(spool, pending, at_end)
+    feed = Feed(settings, pending, source, spool, f"as source {source!r}")
+    journal = Journal(lane, pending, feed.drain)
     reader = StreamReader(
         fd, journal, batch_rows=settings.batch_rows, batch_seconds=settings.batch_seconds
     )
     journal.stopping = lambda: reader.stopping
     _install_signals(reader.request_stop)
     reader.start()  # from here on, stdin is drained whatever the database does
-
-    parser = RecordParser(source)
-    recovery = Recovery()
-    pipeline: Pipeline | None = None
-    rollups: materialize.Background | None = None
-    error: PmtaPipeError | None = None
-    totals = LoadResult()
     try:
-        target = db.resolve_target(settings)
-        log.info("loading into %s as source %r; spool %s", target.description, source,
-                 spool.folder)  # fmt: skip
-        loader = Loader(
-            target.conninfo, migrate=True, interrupt=interrupt, max_wait=RETRY_WAIT_MAX,
-            hold_setup_faults=True, on_fault=lambda n: spool.report_fault(_fault_note(n)),
-        )  # fmt: skip
-        loaders.append(loader)
-        # connect first: the schema is made (migrated) even for a stream of header lines
-        pipeline = Pipeline(loader, source, depth=LOAD_DEPTH, connect_first=True)
-        pipelines.append(pipeline)
-        # the report rollups, materialized in a thread of their own (never in the load's way)
-        rollups = materialize.Background(
-            target.conninfo, interval=settings.rollup_interval, grace=settings.rollup_grace
-        ).start()
-        submit_orphans(spool.folder, pipeline, source, recovery)
-        next_scan = time.monotonic() + RECOVER_SECONDS
-        while True:
-            item = pending.get(max(0.05, next_scan - time.monotonic()))
-            if item is None:
-                break
-            if isinstance(item, Pending):
-                batch = item.batch
-                if batch is None:
-                    assert item.ref is not None  # only durable batches are kept on disk only
-                    batch = spool.read_batch(item.ref)
-                receipt = _SpoolReceipt(spool, item.ref)
-                pipeline.submit(Batch.from_spool(batch, receipt), parser)
-            if time.monotonic() >= next_scan:
-                submit_orphans(spool.folder, pipeline, source, recovery)
-                next_scan = time.monotonic() + RECOVER_SECONDS
-        totals = pipeline.close().result
-        pipeline = None
-    except (DatabaseUnavailable, SetupFault) as exc:
-        error = exc
+        feed.run()
     finally:
         reader.request_stop()
-        interrupt.set()  # the run is ending: the drain watch stops, retries end
-        if rollups is not None:  # no last step: the end of input must end the process soon
-            rollups.stop()
-        if pipeline is not None:
-            totals = pipeline.totals.result
-            pipeline.abandon()
-        recovery.release()
+        feed.stop()  # the run is ending: the drain watch stops, retries end
         reader.join()
         left_batches = spool.close()
         left_records = spool.left_records
     if reader.error is not None:
         raise reader.error
+    recovery, error = feed.recovery, feed.error
     if recovery.segments:
         log.warning("recovered %d spool segments left by earlier runs (%d batches)",
                     recovery.segments, recovery.batches)  # fmt: skip
     result = IngestResult(
-        totals, time.monotonic() - started, recovery.segments, left_batches, left_records
+        feed.totals, time.monotonic() - started, recovery.segments, left_batches, left_records
     )
     if error is not None or left_batches:
         why = error.message if error is not None else "the database did not take them in time"

@@ -48,6 +48,7 @@ import csv
 from collections.abc import Iterable
 
 from pmta_pipe import values
+from pmta_pipe.jsonrecords import JsonSplitter, is_json_record, is_open, starts_json
 
 DEFAULT_MAX_RECORD_BYTES = 1 << 20
 csv.field_size_limit(DEFAULT_MAX_RECORD_BYTES)
@@ -58,6 +59,7 @@ KNOWN_TYPES = frozenset((b"d", b"b", b"t", b"tq", b"r", b"f", b"rb", b"rs"))
 _MAX_LEARNED_TYPES = 64
 _MAX_TYPE_BYTES = 32
 _BOM = "\ufeff"
+_BOM_BYTES = _BOM.encode()
 
 
 def header_field(first: str) -> bool:
@@ -98,6 +100,8 @@ def is_header_record(record: bytes) -> bool:
     """
     if len(record) >= DEFAULT_MAX_RECORD_BYTES or not _looks_like_header(record):
         return False  # a record cut at the limit is a reject
+    if is_json_record(record):
+        return False
     row = read_alone(record)
     return row is not None and len(row) > 0 and header_field(row[0])
 
@@ -130,7 +134,7 @@ def count_positions(records: Iterable[bytes]) -> tuple[int, bytes | None]:
         if len(rec) >= DEFAULT_MAX_RECORD_BYTES:
             pass
         elif comma < 0:  # one field: perhaps blank, perhaps a header of one column
-            row = read_alone(rec)
+            row = None if is_json_record(rec) else read_alone(rec)
             if row is not None:
                 if _is_blank(row):
                     continue
@@ -142,6 +146,14 @@ def count_positions(records: Iterable[bytes]) -> tuple[int, bytes | None]:
             continue
         positions += 1
     return positions, header
+
+
+def left_open(record: bytes) -> bool:
+    """The input ended inside ``record``, or may have: a JSON object not closed
+    (``jsonrecords.is_open``), or a CSV record with a double quote left open."""
+    if is_json_record(record):
+        return is_open(record)
+    return bool(record.count(b'"') & 1)
 
 
 def _is_time(field: bytes) -> bool:
@@ -229,25 +241,67 @@ class RecordAssembler:
 
 
 class ChunkSplitter:
-    """Cuts arbitrary chunks of a byte stream into whole records."""
+    """Cuts arbitrary chunks of a byte stream into whole records, CSV or JSON.
 
-    __slots__ = ("_asm", "_max", "_rest", "_skipping", "skipped_bytes")
+    The stream's first non-blank byte decides (``jsonrecords.starts_json``): ``{`` or
+    ``[`` (after a byte-order mark, which is dropped) hands the whole stream to a
+    ``jsonrecords.JsonSplitter``; anything else is CSV, cut by lines as described
+    above. ``feed`` and ``finish`` work alike for both, so a caller holding a whole
+    body calls ``feed(body, out)`` then ``finish(out)``."""
+
+    __slots__ = ("_asm", "_head", "_json", "_max", "_rest", "_skipped", "_skipping")
 
     def __init__(self, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
         self._asm = RecordAssembler(max_record_bytes)
         self._max = max_record_bytes
         self._rest = b""
         self._skipping = False  # inside an over-long line whose first piece was handed on
-        self.skipped_bytes = 0  # bytes of over-long lines not kept (past their first piece)
+        self._skipped = 0  # bytes of over-long lines not kept (past their first piece)
+        self._head: bytes | None = b""  # blank bytes before the format is known; None: known
+        self._json: JsonSplitter | None = None
+
+    @property
+    def skipped_bytes(self) -> int:
+        """Bytes of over-long records not kept (past their first ``max_record_bytes``)."""
+        return self._skipped if self._json is None else self._json.skipped_bytes
+
+    @property
+    def is_json(self) -> bool:
+        """True once the stream's first non-blank byte said JSON."""
+        return self._json is not None
 
     def feed(self, chunk: bytes, out: list[bytes]) -> None:
         """Append to ``out`` every record that ``chunk`` completes (blank lines are skipped)."""
+        if self._head is not None:
+            chunk = self._decide(chunk)
+            if self._head is not None:
+                return  # only blanks so far
+        if self._json is not None:
+            self._json.feed(chunk, out)
+            return
+        self._feed_csv(chunk, out)
+
+    def _decide(self, chunk: bytes) -> bytes:
+        """Tell CSV from JSON at the first non-blank byte; the bytes to feed from there."""
+        assert self._head is not None
+        head = self._head + chunk
+        verdict = starts_json(head)
+        if verdict is None and len(head) < self._max:
+            self._head = head
+            return b""
+        self._head = None
+        if verdict:
+            self._json = JsonSplitter(self._max)
+            return head[3:] if head.startswith(_BOM_BYTES) else head
+        return head
+
+    def _feed_csv(self, chunk: bytes, out: list[bytes]) -> None:
         if self._skipping:
             end = chunk.find(b"\n")
             if end < 0:
-                self.skipped_bytes += len(chunk)
+                self._skipped += len(chunk)
                 return
-            self.skipped_bytes += end
+            self._skipped += end
             self._skipping = False
             chunk = chunk[end + 1 :]
         long = len(self._rest) + len(chunk) >= self._max  # a line may be over the limit
@@ -273,7 +327,7 @@ class ChunkSplitter:
         for line in lines:
             if len(line) > self._max:
                 self._hand_on_piece(line[: self._max], out)
-                self.skipped_bytes += len(line) - self._max
+                self._skipped += len(line) - self._max
             elif self._asm.pending or line.count(b'"') & 1:
                 self._asm.push(line, out)
             elif line.strip():
@@ -294,7 +348,7 @@ class ChunkSplitter:
         """A line with no break for ``max_record_bytes``: hand on its first piece of that
         size (the parser rejects it: one reject per line), and skip the rest of the line."""
         self._hand_on_piece(self._rest[: self._max], out)
-        self.skipped_bytes += len(self._rest) - self._max
+        self._skipped += len(self._rest) - self._max
         self._rest = b""
         self._skipping = True
 
@@ -303,7 +357,16 @@ class ChunkSplitter:
 
         Returns True when the last record handed on was cut off: it had no line break
         (or a quote left it open), so the input ended inside it, or may have. The
-        parser then keeps it as an event only if it is provably complete."""
+        parser then keeps it as an event only if it is provably complete. For JSON: True
+        when it hands on a record (an object the input ended inside, or a value with no
+        line break after it)."""
+        if self._head is not None:
+            head, self._head = self._head, None
+            if not head.strip():
+                return False
+            self._feed_csv(head, out)  # blanks and a byte-order mark: nothing to hand on
+        if self._json is not None:
+            return self._json.finish(out)
         rest, self._rest = self._rest, b""
         self._skipping = False
         torn = False

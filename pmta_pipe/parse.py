@@ -75,10 +75,12 @@ from pmta_pipe.fields import DEFAULT_V5_HEADER, EVENT_COLUMNS, KNOWN_FIELDS, KNO
 from pmta_pipe.framing import (
     DEFAULT_MAX_RECORD_BYTES,
     count_positions,
+    decode_record,
     header_field,
     is_header_record,
     read_alone,
 )
+from pmta_pipe.jsonrecords import is_json_record, is_open, read_object
 
 if TYPE_CHECKING:
     from _csv import Reader as _CsvReader
@@ -97,6 +99,18 @@ CUT = (
     f"cut at the record limit of {DEFAULT_MAX_RECORD_BYTES} bytes (the first"
     f" {DEFAULT_MAX_RECORD_BYTES} bytes are kept here; the rest of the line is not)"
 )
+#: the reason of a JSON record that is not closed (framing handed it on alone)
+UNTERMINATED_JSON = (
+    "unterminated JSON object (the input broke off inside it, or a string ran to the end"
+    " of its line)"
+)
+#: the reason of a JSON record of ``DEFAULT_MAX_RECORD_BYTES`` or more
+CUT_JSON = (
+    f"cut at the record limit of {DEFAULT_MAX_RECORD_BYTES} bytes (the first"
+    f" {DEFAULT_MAX_RECORD_BYTES} bytes are kept here; the rest of the object is not)"
+)
+#: the reason of a JSON object without a record type
+NO_TYPE_JSON = 'no record type (the JSON object has no "type", or it is empty)'
 _TIME_FALLBACKS = ("timeQueued", "timeFirstAttempt")
 _FALLBACKS = [KNOWN_INDEX[n.lower()] for n in _TIME_FALLBACKS]
 _I_RCPT = KNOWN_INDEX["rcpt"]
@@ -391,6 +405,8 @@ class RecordParser:
         closed by the ``\\r`` of a CRLF or a closing quote (an unquoted last value may
         have been cut short). A blank line or a header line is whole; a record with
         more fields than its header is left to the usual rules (a reject)."""
+        if is_json_record(record):
+            return not is_open(record)  # a closed object is whole, whatever it holds
         if not record.strip() or is_header_record(record):
             return True  # not a record: nothing to lose
         row = read_alone(record)
@@ -483,6 +499,102 @@ class RecordParser:
         return out
 
     def _parse_python(
+        self, records: Sequence[bytes], received_at: datetime, first_position: int | None
+    ) -> ParsedBatch:
+        if any(map(is_json_record, records)):
+            return self._parse_mixed(records, received_at, first_position)
+        return self._parse_csv(records, received_at, first_position)
+
+    def _parse_mixed(
+        self, records: Sequence[bytes], received_at: datetime, first_position: int | None
+    ) -> ParsedBatch:
+        """A batch holding JSON records: each run of CSV or JSON records read in turn."""
+        out = ParsedBatch(source=self.source)
+        if first_position is not None:
+            self.next_position = first_position
+        kinds = list(map(is_json_record, records))
+        i, n = 0, len(records)
+        while i < n:
+            j = i + 1
+            while j < n and kinds[j] == kinds[i]:
+                j += 1
+            if kinds[i]:
+                out.extend(self._parse_json(records[i:j], received_at))
+            else:
+                out.extend(self._parse_csv(records[i:j], received_at, None))
+            i = j
+        out.rejects.sort(key=_position_of)
+        return out
+
+    def _parse_json(self, records: Sequence[bytes], received_at: datetime) -> ParsedBatch:
+        """JSON records (``jsonrecords``): each object's members become a row under a
+        header of their names, so that mapping, typed values, ``extra`` and the identity
+        are the CSV ones. Records in a row share one header (the union of their names;
+        a name a record lacks is an empty field, as in a CSV file); a record that repeats
+        a name has a header of its own (the repeat is ``name#2``, as in CSV)."""
+        out = ParsedBatch(source=self.source)
+        texts = list(map(decode_record, records))
+        received = (received_at.isoformat(), received_at.astimezone(timezone.utc).date())
+        position = self.next_position - 1
+        names: list[str] = ["type"]
+        columns: dict[str, int] = {}
+        seg = _Segment(self.header)  # rows as (type, [(column, value), ...]) until converted
+        pending: list[tuple[str, list[tuple[int, str]]]] = []
+
+        def flush() -> None:
+            nonlocal names, columns, seg, pending
+            if pending:
+                width = len(names)
+                for rtype, cells in pending:
+                    row = [""] * width
+                    row[0] = rtype
+                    for c, v in cells:
+                        row[c] = v
+                    seg.rows.append(row)
+                seg.header = Header(names)
+                self._convert(seg, texts, received, out)
+            names, columns, seg, pending = ["type"], {}, _Segment(self.header), []
+
+        for k, text in enumerate(texts):
+            position += 1
+            if len(records[k]) >= DEFAULT_MAX_RECORD_BYTES:
+                out.rejects.append(Reject(text, CUT_JSON, position))
+                continue
+            members, why = read_object(text.lstrip(_BOM))
+            if members is None:
+                assert why is not None
+                reason = UNTERMINATED_JSON if is_open(records[k]) else why
+                out.rejects.append(Reject(text, reason, position))
+                continue
+            rtype, named = _json_fields(members)
+            if not rtype:
+                out.rejects.append(Reject(text, NO_TYPE_JSON, position))
+                continue
+            if len({ident for ident, _, _ in named}) < len(named):  # a name repeated
+                flush()
+                seg.rows.append([rtype, *(v for _, _, v in named)])
+                seg.lines.append(k)
+                seg.positions.append(position)
+                seg.header = Header(["type", *(key for _, key, _ in named)])
+                self._convert(seg, texts, received, out)
+                seg = _Segment(self.header)
+                continue
+            cells = []
+            for ident, key, value in named:
+                c = columns.get(ident)
+                if c is None:
+                    c = columns[ident] = len(names)
+                    names.append(key)
+                cells.append((c, value))
+            pending.append((rtype, cells))
+            seg.lines.append(k)
+            seg.positions.append(position)
+        flush()
+        self.next_position = position + 1
+        out.rejects.sort(key=_position_of)
+        return out
+
+    def _parse_csv(
         self, records: Sequence[bytes], received_at: datetime, first_position: int | None
     ) -> ParsedBatch:
         out = ParsedBatch(source=self.source)
@@ -695,6 +807,25 @@ class RecordParser:
         seg.lines = [seg.lines[j] for j in keep]
         seg.positions = [seg.positions[j] for j in keep]
         return True
+
+
+def _json_fields(members: list[tuple[str, str]]) -> tuple[str, list[tuple[str, str, str]]]:
+    """(the record type, [(identity of the name, name, value)]) of a JSON object's members.
+
+    The type is the first member whose name reads ``type`` as a CSV header's first field
+    does (any case, blanks and a byte-order mark aside). Names are matched as a CSV
+    header's: known fields in any case (their identity is the lower-cased name), others
+    exactly, blanks around them aside."""
+    rtype: str | None = None
+    named: list[tuple[str, str, str]] = []
+    for name, value in members:
+        if rtype is None and header_field(name):
+            rtype = value.strip()
+            continue
+        key = name.strip()
+        low = key.lower()
+        named.append((low if low in KNOWN_INDEX or low == "timelogged" else key, key, value))
+    return rtype or "", named
 
 
 def _fallback_time(

@@ -87,7 +87,7 @@ import psycopg
 from pmta_pipe import compression, db, ledger, materialize, parse
 from pmta_pipe.config import Settings
 from pmta_pipe.errors import DatabaseUnavailable, PmtaPipeError, SetupFault, first_line
-from pmta_pipe.framing import DEFAULT_MAX_RECORD_BYTES, is_header_record
+from pmta_pipe.framing import DEFAULT_MAX_RECORD_BYTES, is_header_record, left_open
 from pmta_pipe.inputs import STDIN, FilePlan, find_inputs, plan_file
 from pmta_pipe.load import Loader, LoadResult, reject_id
 from pmta_pipe.migrate import apply_migrations
@@ -315,8 +315,9 @@ def _open(plan: FilePlan) -> BinaryIO:
 
 
 def _open_quote(record: bytes) -> bool:
-    """The record ends inside a quoted field (framing joined lines until the input ended)."""
-    return len(record) < DEFAULT_MAX_RECORD_BYTES and bool(record.count(b'"') & 1)
+    """The record ends inside a quoted field or an open JSON object (framing joined lines
+    until the input ended)."""
+    return len(record) < DEFAULT_MAX_RECORD_BYTES and left_open(record)
 
 
 def _prepare(plan: FilePlan, raw: BinaryIO, outcome: FileOutcome) -> tuple[BinaryIO, str | None]:

@@ -1,10 +1,11 @@
-"""Import speed: one process against ``--jobs 2``, on a real PostgreSQL.
+"""Import speed: one pipeline against ``--jobs 2``, on a real PostgreSQL.
 
 ``python bench/import_speed.py --dsn postgresql://postgres@127.0.0.1/postgres [--records 200000]``
 
 Writes two generated accounting files of RECORDS records each, imports both into a
-scratch database with ``jobs=1`` (one process: a reader thread parsing, the main
-thread loading) and into another with ``jobs=2`` (one process per file), and prints
+scratch database with ``jobs=1`` (one pipeline: the calling thread parsing, the
+loader thread loading) and into another with ``jobs=2`` (two pipelines in threads of
+one process, one file each), and prints
 the wall time and records per second of each. Scratch databases are dropped.
 
 ``--verify-cost``: instead, what checking a compressed file before loading it costs.

@@ -9,26 +9,25 @@ pipe and imported again from the accounting file is recognised and not added.
 Records without any timestamp get the file's modification time as their received
 time, so that importing the same file twice gives the same rows.
 
-Threads and processes::
+Threads::
 
-    main: find inputs, plan each (ledger) -> reader thread: read, decompress, cut,
-    parse -> bounded queue -> main thread: Loader (COPY + upsert; ledger progress in
-    the same transaction)
+    calling thread: find inputs, plan each (ledger); then per file: read, decompress,
+    cut, parse -> bounded queue -> the pipeline's loader thread: Loader (COPY +
+    upsert; ledger progress in the same transaction)
 
-Parsing holds the GIL; the load mostly waits for PostgreSQL (working on the other
-core), and psycopg releases the GIL meanwhile, so one process keeps about two cores
-busy. The reader thread moves on to the next file while the previous one's last
-batches load. ``jobs`` > 1 starts that many worker processes (spawned, each with
-its own connections) that take files largest first; they send progress and
-outcomes back over a queue. ``bench/import_speed.py`` measures both
-(``docs/performance.md``): a second process helps when a core is idle.
+The compiled parser scans a batch without the GIL, and psycopg releases it while
+PostgreSQL works (on the other core), so one pipeline keeps about two cores busy.
+The calling thread moves on to the next file while the previous one's last batches
+load. ``jobs`` > 1 runs that many pipelines at once, each in a thread of its own
+with its own connections, taking files largest first (``_load_in_threads``): threads,
+not processes, so that two pipelines cost one interpreter's memory.
+``bench/run.py`` measures both (``docs/performance.md``).
 
 The ledger (``ledger``, ``pmta.import_files``) makes re-runs cheap: unchanged
 files are skipped after reading 64 KiB, a grown plain file is read on from where it
 ended, an interrupted file from the last committed batch. Streams (``-``, FIFOs,
 ``<(zcat …)``, ``/dev/fd/N``: ``inputs``) are read once, all of it, and have no ledger
-entry; a run with a stream uses one process (a descriptor is not inherited by a
-worker process).
+entry; a run with a stream uses one pipeline.
 
 Damaged archives. A compressed file is first decompressed to nowhere
 (``compression.verify``: gzip CRC-32 and ISIZE, bzip2 block CRCs, the xz check, a zstd
@@ -71,13 +70,13 @@ from __future__ import annotations
 
 import bisect
 import logging
-import multiprocessing
 import queue
 import shutil
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, BinaryIO, cast
@@ -86,13 +85,13 @@ import psycopg
 
 from pmta_pipe import compression, db, ledger, materialize, parse
 from pmta_pipe.config import Settings
-from pmta_pipe.errors import DatabaseUnavailable, PmtaPipeError, SetupFault, first_line
+from pmta_pipe.errors import DatabaseUnavailable, first_line
 from pmta_pipe.framing import DEFAULT_MAX_RECORD_BYTES, is_header_record, left_open
 from pmta_pipe.inputs import STDIN, FilePlan, find_inputs, plan_file
 from pmta_pipe.load import Loader, LoadResult, reject_id
 from pmta_pipe.migrate import apply_migrations
 from pmta_pipe.parse import ParsedBatch, RecordParser, Reject
-from pmta_pipe.pipeline import Batch, Pipeline, Receipt, tune_gc
+from pmta_pipe.pipeline import Batch, Pipeline, Receipt
 from pmta_pipe.progress import Progress, make_progress
 from pmta_pipe.reader import iter_batches
 
@@ -101,7 +100,6 @@ log = logging.getLogger(__name__)
 HOLD_TAIL_SECONDS = 300.0
 MAX_PENDING_BATCHES = 1
 RETRY_FOR = 120.0  # seconds the database may be away before the import gives up
-FINAL_ROLLUP_SECONDS = 60.0  # the last materializing steps at the end of an import, at most
 #: a record torn off by the end of a file, or of the pipe: one reason for both
 TORN = parse.TORN
 #: a torn text this long, with its type, time and the start of a third field, is
@@ -164,7 +162,7 @@ class ImportSummary:
         }
 
 
-# -- one process: read and parse here, load in the pipeline's thread ------------------
+# -- one pipeline: read and parse here, load in the pipeline's thread -----------------
 
 
 @dataclass
@@ -494,16 +492,17 @@ def import_files(
         bar = progress or make_progress(total_bytes, len(todo))
         jobs = min(jobs, len(todo))
         if any(p.stream for p in todo):
-            jobs = 1  # a stream belongs to this process (and is read once)
+            jobs = 1  # a stream is read once, in order, by one pipeline
         try:
             if jobs <= 1:
                 _load_all(settings, target.conninfo, ledger_conn, todo, source, bar, summary.files)
             else:
-                _load_in_workers(settings, target.conninfo, todo, source, bar, summary, jobs)
+                _load_in_threads(settings, target.conninfo, todo, source, bar, summary, jobs)
         finally:
             bar.close()
-            # what was imported, materialized before the command ends (bounded)
-            rollups.finish(FINAL_ROLLUP_SECONDS)
+            # the import ends once loaded: what it leaves unmaterialized is counted live
+            # by the views until the next step (ingest's, serve's, ``pmta-pipe rollup``)
+            rollups.stop()
     summary.seconds = time.monotonic() - started
     return summary
 
@@ -559,48 +558,33 @@ def _load_all(
         raise
 
 
-# -- several files at once: worker processes -----------------------------------------
+# -- several files at once: pipelines in threads -------------------------------------
 
 
-class _QueueProgress:
-    """Progress of a worker process, sent to the parent, which draws it."""
+class _SharedProgress:
+    """One progress display for several pipelines: their threads take turns."""
 
-    def __init__(self, events: Any) -> None:
-        self.events = events
+    def __init__(self, bar: Progress) -> None:
+        self.bar = bar
+        self.lock = threading.Lock()
 
     def start_file(self, name: str, size: int | None) -> None:
-        self.events.put(("start", name, size))
+        with self.lock:
+            self.bar.start_file(name, size)
 
     def advance(self, name: str, nbytes: int, records: int) -> None:
-        self.events.put(("advance", name, nbytes, records))
+        with self.lock:
+            self.bar.advance(name, nbytes, records)
 
     def end_file(self, name: str, records: int, note: str) -> None:
-        self.events.put(("end", name, records, note))
+        with self.lock:
+            self.bar.end_file(name, records, note)
 
     def close(self) -> None:
         pass
 
 
-def _work(settings: Settings, conninfo: str, source: str, tasks: Any, events: Any) -> None:
-    """A worker process: import the plans it takes from ``tasks`` until a ``None``."""
-    tune_gc()
-    logging.basicConfig(
-        level=settings.log_level, stream=sys.stderr,
-        format="%(asctime)s pmta-pipe[%(process)d] %(levelname)s %(message)s",
-    )  # fmt: skip
-    outcomes: list[FileOutcome] = []
-    try:
-        with db.connect(conninfo, autocommit=True) as conn:
-            plans = iter(tasks.get, None)
-            _load_all(settings, conninfo, conn, plans, source, _QueueProgress(events), outcomes)
-        events.put(("done", outcomes, None))
-    except PmtaPipeError as exc:
-        events.put(("done", outcomes, (type(exc).__name__, exc.message, exc.hint)))
-    except BaseException as exc:
-        events.put(("done", outcomes, ("PmtaPipeError", f"{type(exc).__name__}: {exc}", None)))
-
-
-def _load_in_workers(
+def _load_in_threads(
     settings: Settings,
     conninfo: str,
     plans: list[FilePlan],
@@ -609,54 +593,51 @@ def _load_in_workers(
     summary: ImportSummary,
     jobs: int,
 ) -> None:
-    """``jobs`` processes, each with its own connection, take files largest first."""
-    ctx = multiprocessing.get_context("spawn")  # no inherited connections or threads
-    tasks: Any = ctx.Queue()
-    events: Any = ctx.Queue()
+    """``jobs`` pipelines, each in a thread with its own connections, take files largest
+    first; the first error stops the others taking new files, and is raised.
+
+    Threads, not processes: the work that holds the GIL (framing, the parser's Python
+    glue) is a small share of an import, the compiled parser scans without it and
+    psycopg and zlib release it while they wait or work, so two pipelines keep both
+    cores busy in one process, at the memory of one interpreter, not three
+    (``docs/performance.md``)."""
+    tasks: queue.SimpleQueue[FilePlan] = queue.SimpleQueue()
     for plan in sorted(plans, key=lambda p: -(p.size or 0)):
         tasks.put(plan)
-    for _ in range(jobs):
-        tasks.put(None)
-    workers = [
-        ctx.Process(target=_work, args=(settings, conninfo, source, tasks, events), daemon=True)
-        for _ in range(jobs)
-    ]
-    for w in workers:
-        w.start()
-    failure: tuple[str, str, str | None] | None = None
-    running = jobs
-    try:
-        while running:
+    failed = threading.Event()
+    shared = _SharedProgress(bar)
+    outcomes: list[list[FileOutcome]] = [[] for _ in range(jobs)]
+    errors: list[BaseException] = []
+
+    def take() -> Iterator[FilePlan]:
+        while not failed.is_set():
             try:
-                event = events.get(timeout=0.5)
+                yield tasks.get_nowait()
             except queue.Empty:
-                if not any(w.is_alive() for w in workers) and events.empty():
-                    failure = failure or ("PmtaPipeError", "an import process died", None)
-                    break
-                continue
-            kind = event[0]
-            if kind == "start":
-                bar.start_file(event[1], event[2])
-            elif kind == "advance":
-                bar.advance(event[1], event[2], event[3])
-            elif kind == "end":
-                bar.end_file(event[1], event[2], event[3])
-            else:
-                running -= 1
-                summary.files.extend(event[1])
-                failure = failure or event[2]
-    finally:
-        for w in workers:
-            w.join(timeout=5 if failure is None else 0.5)
-            if w.is_alive():
-                w.terminate()
-                w.join()
-    if failure is not None:
-        name, message, hint = failure
-        cls = {"DatabaseUnavailable": DatabaseUnavailable, "SetupFault": SetupFault}.get(
-            name, PmtaPipeError
-        )
-        raise cls(message, hint)
+                return
+
+    def work(i: int) -> None:
+        try:
+            with db.connect(conninfo, autocommit=True) as conn:
+                _load_all(settings, conninfo, conn, take(), source, shared, outcomes[i])
+        except BaseException as exc:  # raised in the calling thread, below
+            errors.append(exc)
+            failed.set()
+
+    # daemon threads: an interrupt ends the command at once, as it does with one
+    # pipeline; what they had not committed is rolled back, the ledger resumes it
+    threads = [
+        threading.Thread(target=work, args=(i,), name=f"pmta-pipe-import-{i + 1}", daemon=True)
+        for i in range(jobs)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for done in outcomes:
+        summary.files.extend(done)
+    if errors:
+        raise errors[0]
 
 
 def _finish(

@@ -274,20 +274,6 @@ class Background:
                     conn.cancel()
             self._thread.join(timeout=10)
 
-    def finish(self, max_seconds: float) -> RollupResult | None:
-        """Stop the thread, then materialize until caught up or ``max_seconds`` (the end of
-        an ``import``); a fault is logged, never raised. ``None`` when it failed or is off."""
-        self.stop()
-        if self.interval <= 0:
-            return None
-        try:
-            with db.connect(self.conninfo, autocommit=True) as conn:
-                return run(conn, grace=self.grace, max_seconds=max_seconds)
-        except Exception as exc:  # the load is done and committed: never fail it here
-            log.warning("rollups: the last materializing step failed (%s); 'pmta-pipe rollup' "
-                        "or the next run does it", first_line(exc))  # fmt: skip
-            return None
-
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self.tick()

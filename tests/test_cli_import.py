@@ -100,6 +100,41 @@ def test_killed_import_resumes_without_duplicates(
     )  # fmt: skip
 
 
+def test_interrupted_parallel_import_stops_at_once_and_resumes_each_file(
+    cli_env: dict[str, str], conn: Conn, tmp_path: Path
+) -> None:
+    """Ctrl-C during ``--jobs 2``: both pipelines stop (exit 130), each file's ledger row
+    says what committed, and the next run loads exactly the rest of every file."""
+    for k in range(4):
+        data = stream(15_000, days=1, seed=40 + k, start=f"2026-0{k + 1}-01")
+        (tmp_path / f"acct-{k}.csv.gz").write_bytes(gzip.compress(data))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pmta_pipe", "import", str(tmp_path), "--jobs", "2",
+         "--batch-rows", "500"],
+        env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        started = count(conn, "SELECT count(*) FROM pmta.import_files WHERE records > 0")
+        if started == 2:  # both pipelines have committed batches of their first file
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.02)
+    assert proc.wait(timeout=30) == 130, "the import ended before it could be interrupted"
+    committed = count(conn, "SELECT count(*) FROM pmta.events")
+    ledgered = count(conn, "SELECT coalesce(sum(records), 0) FROM pmta.import_files")
+    assert 0 < committed < 60_000 and ledgered == committed
+    assert count(conn, "SELECT count(*) FROM pmta.import_files WHERE completed") < 4
+
+    again = run_cli(["import", str(tmp_path), "--format", "json"], cli_env)
+    assert again.returncode == 0, again.stderr.decode()
+    assert summary_of(again)["inserted"] == 60_000 - committed
+    assert count(conn, "SELECT count(*) FROM pmta.events") == 60_000
+    assert count(conn, "SELECT count(*) FROM pmta.import_files WHERE completed") == 4
+    assert count(conn, "SELECT sum(records) FROM pmta.import_files") == 60_000
+
+
 def test_missing_path_is_a_one_line_error(cli_env: dict[str, str], tmp_path: Path) -> None:
     proc = run_cli(["import", str(tmp_path / "nope.csv")], cli_env)
     assert proc.returncode == 1

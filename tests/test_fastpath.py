@@ -10,6 +10,7 @@ a pure-Python twin), and seeded random mutations of the generated stream. No dat
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -135,7 +136,8 @@ def test_bundled_sample_and_reference_samples() -> None:
 @needs_extension
 def test_the_parser_tests_inputs_through_both_parsers(tmp_path: Path) -> None:
     """test_parse, test_hostile_streams and test_torn_records with every parse compared."""
-    files = ["tests/test_parse.py", "tests/test_hostile_streams.py", "tests/test_torn_records.py"]
+    files = ["tests/test_parse.py", "tests/test_hostile_streams.py", "tests/test_torn_records.py",
+             "tests/test_json_parse.py"]  # fmt: skip
     env = {**os.environ, fastpath.ENV: "auto"}
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "tests.twin_parser", "-p", "no:cacheprovider",
@@ -320,6 +322,28 @@ def test_random_mutations(seed: int) -> None:
     sizes = [rng.choice((1, 3, 50, 400, 5000)) for _ in range(3)]
     for size in sizes:
         both(batched(records, size), torn_last=not data.endswith(b"\n"))
+
+
+@needs_extension
+@pytest.mark.parametrize("seed", range(4))
+def test_json_records_among_csv_ones(seed: int) -> None:
+    """JSON records (objects, broken ones, values that are no object) inside a CSV stream
+    and as a JSON stream of their own: the compiled path hands every one to Python."""
+    rng = random.Random(seed)
+    csv_records = framed(_mutated_stream(seed))
+    objects = [
+        json.dumps({"type": rng.choice("dbt"), "timeLogged": f"2026-01-15 14:23:{s:02d}+0000",
+                    "rcpt": f"u{s}@example.com", "header_x-job": rng.choice(("", "j"))}).encode()
+        for s in range(60)
+    ]  # fmt: skip
+    odd = [b'{"type":"d","rcpt":', b"42", b'"type"', b"[1]", b"}", b'{"rcpt":"x"}', b" {}"]
+    mixed = list(csv_records)
+    for rec in objects + odd:
+        mixed.insert(rng.randrange(len(mixed) + 1), rec)
+    for size in (1, 9, 5000):
+        both(batched(mixed, size))
+    stream_of_json = framed(b"[\n" + b",\n".join(objects + odd[1:3]) + b"\n]")
+    both(batched(stream_of_json, 7))
 
 
 @needs_extension

@@ -23,7 +23,11 @@ falls on all paths alike; the median of ``--rounds`` is reported, with the range
   clock starts): a replay, where every row is a duplicate;
 * ``pmta-pipe import (gzip)``: the file gzipped, when the command is available;
 * ``import --jobs 1`` and ``--jobs 2``: the same records split in ``SPLIT_FILES``
-  gzipped files, one process, then two worker processes;
+  gzipped files, one pipeline, then two (threads of one process);
+* ``pmta-pipe rollup (materialize all)``: the materializer's cost, which ``ingest`` and
+  ``import`` leave to later steps (the views count it live meanwhile): every record
+  loaded by the keyed COPY before the clock, none materialized, then ``pmta-pipe
+  rollup`` until caught up;
 * ``pgloader``: the same file into the baseline table, when pgloader is installed;
 * ``naive pipe``: ``bench/peers/naive_pipe.py`` (row-by-row INSERT, commit every
   1000) on a subset, its time extrapolated;
@@ -515,6 +519,39 @@ def check_reports(dsn: str, records: int) -> None:
     assert total is not None and total[0] == records, (total, records)
 
 
+def load_by_copy(dsn: str, rendered: Rendered) -> None:
+    """Every record of ``rendered`` in ``pmta.events`` by the keyed COPY, at rest."""
+    prepare_events(dsn, rendered)
+    with psycopg.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
+        conn.execute("SET TIME ZONE 'UTC'")
+        with conn.transaction():
+            for statement, seg in events_pairs(rendered):
+                with seg.open("rb") as f, cur.copy(statement) as copy:
+                    while chunk := f.read(1 << 20):
+                        copy.write(chunk)
+        conn.execute("VACUUM (ANALYZE) pmta.events")  # a table at rest, as autovacuum leaves it
+        with suppress(psycopg.Error):  # needs a superuser or pg_checkpoint
+            conn.execute("CHECKPOINT")
+
+
+def time_rollup(admin: str, rendered: Rendered, records: int) -> Run:
+    """``pmta-pipe rollup`` of every record (loaded before the clock, none materialized):
+    what materializing costs, which ``ingest`` and ``import`` leave to later steps."""
+    with database(admin) as dsn:
+        load_by_copy(dsn, rendered)
+        args = [*pmta_pipe_cmd(), "rollup", "--dsn", dsn, "--rollup-grace", "0"]
+        run = run_child(args, None, child_env(), dsn=dsn).run
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT (SELECT coalesce(sum(n), 0) FROM pmta.rollup_daily_materialized),"
+                " (SELECT count(*) FROM pmta.events WHERE time_logged >= watermark)"
+                " FROM pmta.rollup_state"
+            ).fetchone()
+        assert row is not None and row[0] + row[1] == records, row  # all but the last hour
+        check_reports(dsn, records)
+    return run
+
+
 def time_ingest(admin: str, path: Path, records: int, code: Path | None = None) -> Run:
     """``pmta-pipe ingest``; of the checkout ``code`` instead of this one when given."""
     with database(admin) as dsn:
@@ -538,17 +575,7 @@ def time_replay(
     """``pmta-pipe ingest`` of records every one of which is loaded already (of the
     checkout ``code`` when given)."""
     with database(admin) as dsn:
-        prepare_events(dsn, rendered)
-        with psycopg.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
-            conn.execute("SET TIME ZONE 'UTC'")
-            with conn.transaction():
-                for statement, seg in events_pairs(rendered):
-                    with seg.open("rb") as f, cur.copy(statement) as copy:
-                        while chunk := f.read(1 << 20):
-                            copy.write(chunk)
-            conn.execute("VACUUM (ANALYZE) pmta.events")  # a table at rest, as autovacuum leaves it
-            with suppress(psycopg.Error):  # needs a superuser or pg_checkpoint
-                conn.execute("CHECKPOINT")
+        load_by_copy(dsn, rendered)
         run = ingest(dsn, path, code)
         with psycopg.connect(dsn, autocommit=True) as conn:
             row = conn.execute(
@@ -677,6 +704,7 @@ def bench_size(admin: str, work: Path, records: int, opts: argparse.Namespace) -
             lambda: time_import(admin, parts, records, jobs=2),
             why,
         ),
+        ("pmta-pipe rollup (materialize all)", lambda: time_rollup(admin, rendered, records), ""),
         (
             "pgloader",
             lambda: time_pgloader(admin, path, records),

@@ -38,6 +38,10 @@ COMMON = ("dsn", "data_dir", "log_level")
 BATCH = ("batch_rows", "batch_seconds")
 SPOOL = ("spool_dir", "spool_max_bytes")
 ROLLUP = ("rollup_interval", "rollup_grace")
+SERVE = (
+    "listen", "webhook_path", "auth_file", "no_auth", "tls_cert", "tls_key", "max_body",
+    "max_inflight",
+)  # fmt: skip
 
 REPORTS = (
     "summary", "domains", "providers", "deferrals", "patterns", "ips", "alerts",
@@ -87,6 +91,10 @@ def _typed(name: str) -> Callable[[str], Any]:
 def _add_options(p: argparse.ArgumentParser, names: Sequence[str]) -> None:
     for name in names:
         opt = OPTION_BY_NAME[name]
+        if opt.boolean:
+            p.add_argument(opt.flag, dest=name, action="store_const", const=True,
+                           help=f"{opt.help} [env {opt.env}=1]")  # fmt: skip
+            continue
         p.add_argument(
             opt.flag, dest=name, type=_typed(name), metavar=opt.metavar,
             help=f"{opt.help} [env {opt.env}]",
@@ -107,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", help="read accounting CSV on stdin (PowerMTA's pipe) and load it")
     _add_options(p, (*COMMON, "source", *BATCH, *SPOOL, "drain_timeout", *ROLLUP))
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("serve", help="receive PowerMTA's HTTP accounting webhook and load it")
+    _add_options(p, (*COMMON, *SERVE, "batch_rows", *SPOOL, "drain_timeout", *ROLLUP,
+                     "max_reject_share"))  # fmt: skip
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("import", help="load accounting files (plain, .gz, .bz2, .xz, .zst)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="files, folders or globs; - for stdin")
@@ -219,6 +232,23 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     t = result.totals
     log.info("done: %d records, %d inserted, %d duplicates, %d rejected in %.1f s",
              t.records, t.inserted, t.duplicates, t.rejected, result.seconds)  # fmt: skip
+    log.info("%s", accounting_line(t, result.left_records))
+    if result.error is not None:
+        sys.stderr.write(f"error: {result.error}\n")
+        return result.error.exit_code
+    return EX_OK
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from pmta_pipe.pipeline import tune_gc
+    from pmta_pipe.serve import run_serve
+
+    tune_gc()
+    result = run_serve(settings)
+    t = result.totals
+    log.info("done: %d requests; %d records, %d inserted, %d duplicates, %d rejected in %.1f s",
+             result.requests, t.records, t.inserted, t.duplicates, t.rejected,
+             result.seconds)  # fmt: skip
     log.info("%s", accounting_line(t, result.left_records))
     if result.error is not None:
         sys.stderr.write(f"error: {result.error}\n")

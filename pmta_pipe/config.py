@@ -86,6 +86,43 @@ def _path(text: str) -> Path:
     return Path(_text(text)).expanduser()
 
 
+def _bool(text: str) -> bool:
+    t = text.strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected 1, true, yes or on (or 0, false, no, off)")
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``127.0.0.1:8025``, ``[::1]:8025``, ``0.0.0.0:80`` -> (host, port)."""
+    t = text.strip()
+    host, sep, port = t.rpartition(":")
+    if not sep or not host:
+        raise ValueError("expected HOST:PORT, such as 127.0.0.1:8025")
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise ValueError("expected [IPv6]:PORT, such as [::1]:8025")
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError("an IPv6 address goes in brackets: [::1]:8025")
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"expected a port number after ':', got {port!r}") from None
+    if not 0 <= number <= 65535:
+        raise ValueError("a port is from 0 to 65535")
+    return host, number
+
+
+def _url_path(text: str) -> str:
+    t = text.strip()
+    if not t.startswith("/") or any(c.isspace() or c in "?#" for c in t):
+        raise ValueError("expected a URL path such as /accounting")
+    return t
+
+
 def _level(text: str) -> str:
     level = text.strip().upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -102,6 +139,7 @@ class Option:
     parse: Callable[[str], Any]
     help: str
     metavar: str = "VALUE"
+    boolean: bool = False  # a flag without a value (the variable takes 1/0, true/false)
 
     @property
     def env(self) -> str:
@@ -138,6 +176,27 @@ OPTIONS: tuple[Option, ...] = (
     Option("rollup_grace", "--rollup-grace", _non_negative_float,
            "how long after an hour ends before the rollups materialize it; later records "
            "of a materialized hour make it count again (default 300)", "SECONDS"),
+    Option("listen", "--listen", parse_listen,
+           "serve: the address to listen on (default 127.0.0.1:8025); another than a loopback"
+           " address needs --auth-file (or --no-auth)", "HOST:PORT"),
+    Option("webhook_path", "--path", _url_path,
+           "serve: the URL path PowerMTA posts accounting batches to (default /accounting)",
+           "PATH"),
+    Option("max_body", "--max-body", parse_size,
+           "serve: largest request body, before and after gzip decoding; larger is answered"
+           " 413 (default 16M)", "SIZE"),
+    Option("max_inflight", "--max-inflight", parse_size,
+           "serve: bytes of request bodies held in memory at once (received and decoded);"
+           " more is answered 503 with Retry-After (default 48M)", "SIZE"),
+    Option("auth_file", "--auth-file", _path,
+           "serve: credentials, one a line: TOKEN [SOURCE] (bearer) or USER:PASSWORD [SOURCE]"
+           " (basic auth); keep it mode 0600", "FILE"),
+    Option("no_auth", "--no-auth", _bool,
+           "serve: accept requests without credentials on a non-loopback address (behind a"
+           " proxy that authenticates)", boolean=True),
+    Option("tls_cert", "--tls-cert", _path,
+           "serve: TLS certificate chain (PEM); with --tls-key, serve HTTPS", "FILE"),
+    Option("tls_key", "--tls-key", _path, "serve: the TLS private key (PEM)", "FILE"),
     Option("log_level", "--log-level", _level,
            "debug, info, warning or error (default info)", "LEVEL"),
 )  # fmt: skip
@@ -180,6 +239,14 @@ class Settings:
     max_reject_share: float = 0.01
     rollup_interval: float = 5.0
     rollup_grace: float = 300.0
+    listen: tuple[str, int] = ("127.0.0.1", 8025)
+    webhook_path: str = "/accounting"
+    max_body: int = 16 << 20
+    max_inflight: int = 48 << 20
+    auth_file: Path | None = None
+    no_auth: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     log_level: str = "INFO"
 
     @property

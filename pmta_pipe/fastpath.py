@@ -5,7 +5,9 @@ and the Python headers are there) parses the ordinary records of a batch: the CS
 split, the mapping by header, ``record_id``, ``time_logged`` and its day, the int,
 bigint and IPv4 checks, ``rcpt_domain``, ``extra`` and the COPY line. Every other
 record it leaves to ``parse.RecordParser``'s pure-Python code, which stays the
-reference: both give the same rows, identities, rejects and positions
+reference (every JSON record among them: its first CSV field, beginning with ``{``,
+``[`` or a blank, is no usual record type, and a JSON value without a comma has no
+``timeLogged``): both give the same rows, identities, rejects and positions
 (``tests/test_fastpath.py``).
 
 ``PMTA_PIPE_PARSER``: ``auto`` (the default: compiled when built), ``python`` (the

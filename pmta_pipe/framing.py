@@ -1,4 +1,12 @@
-"""Record boundaries in a byte stream of accounting CSV, and what a record is.
+"""Record boundaries in a byte stream of accounting CSV or JSON, and what a record is.
+
+CSV or JSON. ``ChunkSplitter`` decides per stream, from its first non-blank byte
+(after a UTF-8 byte-order mark): ``{`` or ``[`` is JSON, cut by
+``jsonrecords.JsonSplitter`` into one record per object (NDJSON, an array, objects
+back to back or pretty-printed; its resynchronisation rule and blind spots are in
+that module's docstring); anything else is CSV, cut as follows. Whichever cuts it, a
+record is then read as JSON or CSV by its own text (``jsonrecords.is_json_record``),
+so that the spool, the importer, replay and ``rejects retry`` decide alike.
 
 A CSV record ends at a line break outside double quotes (RFC 4180 allows line
 breaks inside a quoted field, and a multi-line SMTP reply uses that).
@@ -36,7 +44,12 @@ the importer and the parser must agree on record positions):
 * ``count_positions``: how many records of a batch take a position (all but
   header lines and blank records) and the last header among them;
 * ``read_alone``: the row the CSV reader makes of one record on its own, or
-  ``None`` when it cannot (a quoted field left open, malformed CSV).
+  ``None`` when it cannot (a quoted field left open, malformed CSV);
+* ``left_open``: the input ended inside the record, or may have (a JSON object not
+  closed, a CSV quote left open).
+
+A JSON record is never a header line or blank, and takes one position, as a CSV
+record does.
 
 Pure code, no I/O. Importing it sets the ``csv`` module's field size limit to
 ``DEFAULT_MAX_RECORD_BYTES`` (a record may be one large field).

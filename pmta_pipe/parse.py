@@ -29,10 +29,22 @@ Rules (documented for users in ``docs/reference.md``):
   then says where it came from under ``pmtaPipeTimeFrom``. A ``timeLogged`` that is
   present but cannot be read, a missing record type, and malformed CSV are rejects.
 
+JSON records (``jsonrecords``; a record whose text begins with ``{``, or is another
+JSON value: see ``jsonrecords.is_json_record``) are read by ``_parse_json``: each
+object's members become a row under a header of their names (a run of objects shares
+one header, the union of their names, as a CSV file's header is the union of every
+type's fields), so the mapping, the typed values, ``extra``, the time fallbacks and
+``record_id`` are exactly the CSV ones. Values are text (numbers as written, ``null``
+empty); a nested object or array, invalid JSON, a value that is not an object and an
+object without a type are rejects. A JSON record neither reads nor changes the CSV
+header in force, and takes one position. The compiled path never reads one (its first
+field is no usual record type), so JSON always takes the pure-Python path.
+
 Identity: ``record_id`` is an MD5 (as a UUID) of the record type, the raw text of
 every known field and every non-empty other column with its name. It does not depend
 on the column order, on empty columns, nor on the source host, so the same record
-loaded again by any route (pipe, replay, file import) is recognised and not added.
+loaded again by any route (pipe, replay, file import) is recognised and not added;
+nor on the format: the same record as CSV and as JSON has one identity.
 
 Two paths, one result. Where the compiled extension is built (``fastpath``,
 ``_fastpath.c``) and ``PMTA_PIPE_PARSER`` is not ``python``, ``_parse_compiled`` hands the

@@ -8,7 +8,8 @@
 * ``iter_batches``: the same cutting for a file-like object (file import), without
   threads or time limits.
 
-The reader never parses CSV beyond record boundaries (``framing``): parsing and
+The reader never parses CSV or JSON beyond record boundaries (``framing``, which
+tells the two apart by the stream's first non-blank byte): parsing and
 loading happen elsewhere, so that reading never waits for them. The sink runs in
 the reader thread: ``ingest`` journals each batch to the spool there (so a batch is
 durable as soon as it is cut), and holds reading only while the spool is full.

@@ -145,7 +145,9 @@ def test_units_are_hardened() -> None:
         if ln.startswith("PMTA_PIPE_SPOOL_DIR=")
     )
     services = [u for u in UNITS if u.suffix == ".service"]
-    assert {u.name for u in services} == {"pmta-pipe-replay.service", "pmta-pipe-prune.service"}
+    assert {u.name for u in services} == {
+        "pmta-pipe-replay.service", "pmta-pipe-prune.service", "pmta-pipe-serve.service"
+    }  # fmt: skip
     for unit in services:
         s = unit_settings(unit)
         assert s["User"] == ["pmta"] and s["Group"] == ["pmta"], unit.name
@@ -160,6 +162,9 @@ def test_units_are_hardened() -> None:
     assert unit_settings(DEPLOY / "systemd" / "pmta-pipe-replay.service")["ReadWritePaths"] == [
         spool
     ]
+    serve = unit_settings(DEPLOY / "systemd" / "pmta-pipe-serve.service")
+    assert serve["ReadWritePaths"] == [spool]
+    assert serve["ExecStart"][0].split()[1:3] == ["serve", "--auth-file"]
     assert unit_settings(DEPLOY / "systemd" / "pmta-pipe-replay.timer")["OnUnitActiveSec"] == [
         "5min"
     ]

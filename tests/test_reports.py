@@ -263,6 +263,29 @@ def test_diag_rule_edits_apply_at_once(loaded: Conn) -> None:
         )
 
 
+DIAG_PATTERNS_BY_ROW = """
+    SELECT day, provider, record_type, pattern, category, sum(n)::bigint, min(example)
+    FROM pmta.daily_diag GROUP BY 1, 2, 3, 4, 5
+"""
+
+
+def test_diag_patterns_classify_once_per_pattern_as_daily_diag_does_per_row(
+    loaded: Conn,
+) -> None:
+    """diag_patterns finds each (provider, pattern)'s category once; the answer is the
+    one of classifying every pmta.daily_diag row, whatever the rules say."""
+    view = "SELECT * FROM pmta.diag_patterns"
+    assert same(rows(loaded, view), rows(loaded, DIAG_PATTERNS_BY_ROW))
+    loaded.execute(
+        "INSERT INTO pmta.diag_rules (priority, provider, pattern, category) VALUES"
+        " (1, 'Yahoo', 'TSS04', 'yahoo-volume'), (2, NULL, '^4', 'any-4xx'),"
+        " (1, 'Gmail', 'gsmtp$', 'gmail-text')"
+    )
+    got = rows(loaded, view)
+    assert same(got, rows(loaded, DIAG_PATTERNS_BY_ROW))
+    assert {r[4] for r in got} >= {"yahoo-volume", "any-4xx", "gmail-text"}
+
+
 def test_bounce_categories(loaded: Conn) -> None:
     got = rows(loaded, "SELECT * FROM pmta.bounce_categories ORDER BY provider, bounce_cat")
     assert same(

@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 #: a JSON record that starts like an object or array (after a byte-order mark and blanks)
 _OPENS = re.compile(rb"(?:\xef\xbb\xbf)?[ \t\r\n\f\v]*+[{\[\]}]")
@@ -70,9 +71,9 @@ _SCALAR = re.compile(
 #: blanks, commas and closing brackets between top-level values
 _BETWEEN = re.compile(rb"[\s,\]]*+")
 #: inside an object: anything but brackets, quotes and line breaks, and whole strings
-_INSIDE = re.compile(rb'(?:[^"{}\[\]\n]++|"(?:[^"\\\n]|\\[^\n])*+")*+')
+_INSIDE = re.compile(rb'[^"{}\[\]\n]*+(?:"[^"\\\n]*+(?:\\[^\n][^"\\\n]*+)*+"[^"{}\[\]\n]*+)*+')
 #: a top-level value that is not an object: up to a ``{`` or a line break
-_JUNK = re.compile(rb'(?:[^"{\n]++|"(?:[^"\\\n]|\\[^\n])*+"?)*+')
+_JUNK = re.compile(rb'[^"{\n]*+(?:"[^"\\\n]*+(?:\\[^\n][^"\\\n]*+)*+"?[^"{\n]*+)*+')
 _BLANKS = re.compile(rb"\s*+")
 _LINE_BLANKS = re.compile(rb"[ \t\r\f\v]*+")
 _BOM = b"\xef\xbb\xbf"
@@ -328,8 +329,12 @@ def _safe(text: str) -> str:
     return _UNSAFE.sub("\ufffd", text) if _UNSAFE.search(text) else text
 
 
-def read_object(text: str) -> tuple[list[tuple[str, str]], None] | tuple[None, str]:
-    """``(members, None)``: the object's (name, value as text) in order; or ``(None, why)``."""
+Members = tuple[tuple[str, ...], list[str]]
+
+
+def read_object(text: str) -> tuple[Members, None] | tuple[None, str]:
+    """``((names, values), None)``: the object's member names (in order, repeats kept)
+    and their values as text; or ``(None, why)`` when it cannot be read."""
     try:
         value = _DECODER.decode(text)
     except json.JSONDecodeError as exc:
@@ -339,15 +344,19 @@ def read_object(text: str) -> tuple[list[tuple[str, str]], None] | tuple[None, s
     if not isinstance(value, _Members):
         kind = _KINDS.get(text.lstrip()[:1], "a number")
         return None, f"not a JSON object but {kind}"
-    members: list[tuple[str, str]] = []
-    for name, v in value:
-        if isinstance(v, str):
-            members.append((_safe(name), _safe(v)))
-        elif v is None:
-            members.append((_safe(name), ""))
-        elif isinstance(v, bool):
-            members.append((_safe(name), "true" if v else "false"))
-        else:
-            kind = "an object" if isinstance(v, _Members) else "an array"
-            return None, f"the value of {name[:40]!r} is {kind}: accounting values are text"
-    return members, None
+    names = tuple([name for name, _ in value])
+    values: list[Any] = [v for _, v in value]
+    if not all(map(str.__instancecheck__, values)):
+        for k, v in enumerate(values):
+            if v is None:
+                values[k] = ""
+            elif isinstance(v, bool):
+                values[k] = "true" if v else "false"
+            elif not isinstance(v, str):
+                kind = "an object" if isinstance(v, _Members) else "an array"
+                why = f"the value of {names[k][:40]!r} is {kind}: accounting values are text"
+                return None, why
+    if "\\u" in text:  # only an escape makes these (raw NUL: decode_record)
+        names = tuple(map(_safe, names))
+        values = list(map(_safe, values))
+    return (names, values), None

@@ -439,7 +439,7 @@ class RecordParser:
     def _parse(
         self, records: Sequence[bytes], received_at: datetime, first_position: int | None
     ) -> ParsedBatch:
-        if self.compiled:
+        if self.compiled and not (records and is_json_record(records[0])):  # JSON: Python
             source = _source_bytes(self.source)
             if source is not None:
                 return self._parse_compiled(list(records), received_at, first_position, source)
@@ -549,23 +549,25 @@ class RecordParser:
         received = (received_at.isoformat(), received_at.astimezone(timezone.utc).date())
         position = self.next_position - 1
         names: list[str] = ["type"]
-        columns: dict[str, int] = {}
-        seg = _Segment(self.header)  # rows as (type, [(column, value), ...]) until converted
-        pending: list[tuple[str, list[tuple[int, str]]]] = []
+        columns: dict[str, int] = {}  # identity of a name -> its column in ``names``
+        placed: dict[tuple[str, ...], list[int]] = {}  # a shape's columns in ``names``
+        seg = _Segment(self.header)  # its rows are filled by flush()
+        pending: list[tuple[str, list[int], list[str], _Shape]] = []
 
         def flush() -> None:
-            nonlocal names, columns, seg, pending
+            nonlocal names, columns, placed, seg, pending
             if pending:
                 width = len(names)
-                for rtype, cells in pending:
+                rows = seg.rows
+                for rtype, cols, values, shape in pending:
                     row = [""] * width
                     row[0] = rtype
-                    for c, v in cells:
-                        row[c] = v
-                    seg.rows.append(row)
+                    for c, i in zip(cols, shape.others, strict=True):
+                        row[c] = values[i]
+                    rows.append(row)
                 seg.header = Header(names)
                 self._convert(seg, texts, received, out)
-            names, columns, seg, pending = ["type"], {}, _Segment(self.header), []
+            names, columns, placed, seg, pending = ["type"], {}, {}, _Segment(self.header), []
 
         for k, text in enumerate(texts):
             position += 1
@@ -578,27 +580,31 @@ class RecordParser:
                 reason = UNTERMINATED_JSON if is_open(records[k]) else why
                 out.rejects.append(Reject(text, reason, position))
                 continue
-            rtype, named = _json_fields(members)
+            found, values = members
+            shape = _shape(found)
+            rtype = values[shape.type].strip() if shape.type >= 0 else ""
             if not rtype:
                 out.rejects.append(Reject(text, NO_TYPE_JSON, position))
                 continue
-            if len({ident for ident, _, _ in named}) < len(named):  # a name repeated
+            if shape.repeats:  # a header of its own
                 flush()
-                seg.rows.append([rtype, *(v for _, _, v in named)])
+                seg.rows.append([rtype, *(values[i] for i in shape.others)])
                 seg.lines.append(k)
                 seg.positions.append(position)
-                seg.header = Header(["type", *(key for _, key, _ in named)])
+                seg.header = Header(["type", *shape.keys])
                 self._convert(seg, texts, received, out)
                 seg = _Segment(self.header)
                 continue
-            cells = []
-            for ident, key, value in named:
-                c = columns.get(ident)
-                if c is None:
-                    c = columns[ident] = len(names)
-                    names.append(key)
-                cells.append((c, value))
-            pending.append((rtype, cells))
+            cols = placed.get(found)
+            if cols is None:
+                cols = placed[found] = []
+                for ident, key in zip(shape.idents, shape.keys, strict=True):
+                    c = columns.get(ident)
+                    if c is None:
+                        c = columns[ident] = len(names)
+                        names.append(key)
+                    cols.append(c)
+            pending.append((rtype, cols, values, shape))
             seg.lines.append(k)
             seg.positions.append(position)
         flush()
@@ -821,23 +827,38 @@ class RecordParser:
         return True
 
 
-def _json_fields(members: list[tuple[str, str]]) -> tuple[str, list[tuple[str, str, str]]]:
-    """(the record type, [(identity of the name, name, value)]) of a JSON object's members.
+@dataclass(frozen=True)
+class _Shape:
+    """What the member names of a JSON object (in order) mean, as a CSV header's would.
 
-    The type is the first member whose name reads ``type`` as a CSV header's first field
-    does (any case, blanks and a byte-order mark aside). Names are matched as a CSV
-    header's: known fields in any case (their identity is the lower-cased name), others
-    exactly, blanks around them aside."""
-    rtype: str | None = None
-    named: list[tuple[str, str, str]] = []
-    for name, value in members:
-        if rtype is None and header_field(name):
-            rtype = value.strip()
+    ``type``: the index of the record type (the first name that reads ``type`` as a CSV
+    header's first field does: any case, blanks and a byte-order mark aside), ``-1``
+    when there is none; ``others``: the indexes of the other members, their ``keys``
+    (the names without surrounding blanks) and ``idents`` (known fields match in any
+    case: lower-cased; others exactly); ``repeats``: an identity occurs twice."""
+
+    type: int
+    others: tuple[int, ...]
+    keys: tuple[str, ...]
+    idents: tuple[str, ...]
+    repeats: bool
+
+
+@lru_cache(maxsize=1024)
+def _shape(names: tuple[str, ...]) -> _Shape:
+    kind = -1
+    others, keys, idents = [], [], []
+    for i, name in enumerate(names):
+        if kind < 0 and header_field(name):
+            kind = i
             continue
         key = name.strip()
         low = key.lower()
-        named.append((low if low in KNOWN_INDEX or low == "timelogged" else key, key, value))
-    return rtype or "", named
+        others.append(i)
+        keys.append(key)
+        idents.append(low if low in KNOWN_INDEX or low == "timelogged" else key)
+    repeats = len(set(idents)) < len(idents)
+    return _Shape(kind, tuple(others), tuple(keys), tuple(idents), repeats)
 
 
 def _fallback_time(

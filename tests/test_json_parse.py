@@ -399,7 +399,8 @@ def test_a_torn_last_json_record() -> None:
 
 
 def test_read_object() -> None:
-    assert read_object('{"a": "b", "n": -0.5}') == ([("a", "b"), ("n", "-0.5")], None)
+    assert read_object('{"a": "b", "n": -0.5}') == ((("a", "n"), ["b", "-0.5"]), None)
     assert read_object("[]") == (None, "not a JSON object but an array")
-    assert read_object("{}") == ([], None)
-    assert read_object('{"a":"tab\there"}') == ([("a", "tab\there")], None)  # raw tab accepted
+    assert read_object("{}") == (((), []), None)
+    assert read_object('{"a":"tab\there"}') == ((("a",), ["tab\there"]), None)  # a raw tab
+    assert read_object('{"a\\u0000":"\\ud800"}') == ((("a\ufffd",), ["\ufffd"]), None)

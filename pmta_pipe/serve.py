@@ -46,6 +46,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from pmta_pipe import status
 from pmta_pipe.bodies import BodyError, Budget, Claim, decode_body, is_gzip, split_records
@@ -211,7 +212,11 @@ class WebhookServer:
             response = _text(exc.status, exc.reason)
         self.requests += 1
         self.metrics.answered(response.status)
-        if response.status >= 400 and request.path == self.settings.webhook_path:
+        if (
+            response.status >= 400
+            and response.status != 503
+            and request.path == self.settings.webhook_path
+        ):
             log.info("%s %s from %s: %d %s", request.method, request.path, request.remote,
                      response.status, (getattr(response, "text", "") or "").strip())  # fmt: skip
         return response
@@ -266,12 +271,15 @@ class WebhookServer:
         max_body = self.settings.max_body
         pieces: list[bytes] = []
         size = 0
-        async for chunk in request.content.iter_chunked(READ_CHUNK):
-            size += len(chunk)
-            if size > max_body:
-                raise BodyError(413, f"body is larger than --max-body ({max_body} bytes)")
-            claim.take(len(chunk))
-            pieces.append(chunk)
+        try:
+            async for chunk in request.content.iter_chunked(READ_CHUNK):
+                size += len(chunk)
+                if size > max_body:
+                    raise BodyError(413, f"body is larger than --max-body ({max_body} bytes)")
+                claim.take(len(chunk))
+                pieces.append(chunk)
+        except (ConnectionError, HttpProcessingError) as exc:  # gone, or bad chunks
+            raise BodyError(400, f"request body cut off or malformed: {exc}") from None
         received_at = datetime.now(timezone.utc)
         data = b"".join(pieces)
         del pieces

@@ -125,7 +125,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         )
     for fault in spool["setup_faults"]:
         problems.append(
-            f"a setup fault holds the batches of ingest (pid {fault.get('pid')}, source"
+            f"a setup fault holds the batches of ingest or serve (pid {fault.get('pid')}, source"
             f" {fault.get('source')}) in the spool since {fault.get('since')}:"
             f" {fault.get('message')} (hint: {fault.get('hint')})"
         )

@@ -38,6 +38,7 @@ from pmta_pipe.spool import SpooledBatch, SpoolWriter, batch_frame_bytes
 
 log = logging.getLogger(__name__)
 
+FULL_LOG_SECONDS = 60.0  # the "spool full" WARNING, at most this often
 HEAD_ALLOWANCE = 4096  # room kept for a new segment's head (MAGIC, meta, header line)
 MAX_SOURCES = 10_000  # lanes at most (the peer address names a source without a header)
 
@@ -71,6 +72,8 @@ class WebhookJournal:
         self.on_committed = on_committed
         self.lanes: dict[str, Lane] = {}
         self._last_start_us = 0
+        self._full_logged_at: float | None = None
+        self._full_refused = 0  # bodies refused for room since the last WARNING
         self._lock = threading.Lock()
         self._unloaded: dict[tuple[str, int], float] = {}  # batch -> monotonic time of its 200
 
@@ -111,9 +114,13 @@ class WebhookJournal:
         adds = HEAD_ALLOWANCE + sum(batch_frame_bytes(b) for b in batches)
         held = spool.folder_bytes()
         if held and held + adds > self.max_bytes:
-            log.warning("spool full: %d bytes in %s (limit %d): a body of %d records from %s"
-                        " answered 503", held, self.folder, self.max_bytes,
-                        sum(map(len, batches)), source)  # fmt: skip
+            self._full_refused += 1
+            now = time.monotonic()
+            if self._full_logged_at is None or now - self._full_logged_at >= FULL_LOG_SECONDS:
+                log.warning("spool full: %d bytes in %s (limit %d): %d bodies answered 503 since"
+                            " the last report (PowerMTA keeps them and posts them again)", held,
+                            self.folder, self.max_bytes, self._full_refused)  # fmt: skip
+                self._full_logged_at, self._full_refused = now, 0
             return Journaled(False, why="the spool is full (--spool-max-bytes): retry later")
         records = done = 0
         for i, records_of in enumerate(batches):

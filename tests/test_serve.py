@@ -369,6 +369,9 @@ def test_sigterm_answers_requests_in_flight_and_loads_them(
 ) -> None:
     bodies = [body(900, f"2026-07-{i + 1:02d}") for i in range(4)]
     with serving(cli_env, tmp_path / "log") as s:
+        idle = s.connection()  # a kept-alive connection, idle when the signal comes
+        idle.request("GET", "/metrics")
+        idle.getresponse().read()
         conns = []
         for data in bodies:  # four requests whose bodies are half sent
             c = s.connection()
@@ -382,6 +385,11 @@ def test_sigterm_answers_requests_in_flight_and_loads_them(
         time.sleep(0.5)
         with pytest.raises(OSError):  # no longer listening
             socket.create_connection(("127.0.0.1", s.port), timeout=2).close()
+        idle.request("POST", "/accounting", body=body(10, "2026-07-09"))
+        r = idle.getresponse()
+        assert (r.status, r.getheader("Retry-After")) == (503, "5")
+        assert r.read() == b"the server is stopping: retry later\n"
+        idle.close()
         for c, data in zip(conns, bodies, strict=True):
             c.send(data[len(data) // 2 :])
             r = c.getresponse()
@@ -391,6 +399,57 @@ def test_sigterm_answers_requests_in_flight_and_loads_them(
     assert events(conn) == 3600
     assert segment_files(spool) == []
     assert "SIGTERM: stop accepting" in (tmp_path / "log").read_text()
+
+
+def test_each_source_keeps_its_own_header_through_a_crash(
+    cli_env: dict[str, str], conn: Conn, tmp_path: Path, spool: Path
+) -> None:
+    """Two hosts with different record-fields, each posting a header then headerless bodies:
+    each source's records are read by its own header, live and after kill -9 and replay."""
+    a_head, b_head = b"type,timeLogged,rcpt,jobId\n", b"type,jobId,rcpt,timeLogged\n"
+
+    def a(i: int) -> bytes:
+        return b"d,2026-07-20 10:00:%02d+0000,a%d@x.com,job-a\n" % (i, i)
+
+    def b(i: int) -> bytes:
+        return b"d,job-b,b%d@x.com,2026-07-20 11:00:%02d+0000\n" % (i, i)
+
+    down = dict(cli_env, PMTA_PIPE_DSN=CLOSED)
+    with serving(down, tmp_path / "log") as s:
+        for data, src in [
+            (a_head + a(0) + a(1), "mta-a"), (b_head + b(0), "mta-b"),
+            (a(2) + a(3), "mta-a"), (b(1) + b(2), "mta-b"), (a(4), "mta-a"),
+        ]:  # fmt: skip
+            assert s.post(data, {"X-Pmta-Source": src}).status == 200
+        s.kill()
+    assert len(segment_files(spool)) == 2  # one lane (segment, meta, header) per source
+    got = run_cli(["replay"], cli_env)
+    assert got.returncode == 0, got.stderr.decode()
+    rows = conn.execute("SELECT source, job_id, count(*), count(DISTINCT rcpt) FROM pmta.events"
+                        " GROUP BY 1, 2 ORDER BY 1").fetchall()  # fmt: skip
+    assert rows == [("mta-a", "job-a", 5, 5), ("mta-b", "job-b", 3, 3)]
+    assert count(conn, "SELECT count(*) FROM pmta.rejects") == 0
+    assert count(conn, "SELECT count(*) FROM pmta.events WHERE rcpt LIKE 'a%' AND"
+                 " extract(hour FROM time_logged AT TIME ZONE 'UTC') = 10") == 5  # fmt: skip
+
+
+def test_a_client_gone_mid_body_journals_nothing(
+    cli_env: dict[str, str], conn: Conn, tmp_path: Path, spool: Path
+) -> None:
+    data = body(500, "2026-07-21")
+    with serving(cli_env, tmp_path / "log") as s:
+        c = s.connection()
+        c.putrequest("POST", "/accounting")
+        c.putheader("Content-Length", str(len(data)))
+        c.endheaders()
+        c.send(data[: len(data) // 2])
+        c.close()
+        time.sleep(1.0)
+        assert segment_files(spool) == [] and events(conn) == 0
+        assert s.post(data).status == 200  # the same batch, posted again whole
+        wait_for(lambda: events(conn) == 500)
+        assert s.stop() == 0
+    assert "Error handling request" not in (tmp_path / "log").read_text()
 
 
 # -- metrics and health ------------------------------------------------------------------------

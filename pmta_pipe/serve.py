@@ -210,6 +210,9 @@ class WebhookServer:
                              f" {self.settings.webhook_path})")  # fmt: skip
         except web.HTTPException as exc:
             response = _text(exc.status, exc.reason)
+        except Exception as exc:  # a bug: one line to the client, the traceback to the log
+            log.exception("%s %s: unexpected error", request.method, request.path)
+            response = _text(500, f"internal error: {type(exc).__name__} (see the server's log)")
         self.requests += 1
         self.metrics.answered(response.status)
         if (

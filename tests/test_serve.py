@@ -283,8 +283,8 @@ def test_413_too_large_as_sent_or_decoded(
     assert events(conn) == 100
 
 
-def test_503_spool_full_and_busy_journal_nothing(
-    cli_env: dict[str, str], tmp_path: Path, spool: Path
+def test_503_spool_full_journals_nothing(
+    cli_env: dict[str, str], conn: Conn, tmp_path: Path, spool: Path
 ) -> None:
     down = dict(cli_env, PMTA_PIPE_DSN=CLOSED, PMTA_PIPE_DRAIN_TIMEOUT="0.5")
     first, second = body(1000, "2026-05-06"), body(1000, "2026-05-07")
@@ -297,6 +297,9 @@ def test_503_spool_full_and_busy_journal_nothing(
         assert spooled_records(spool) == held == 1001
         assert s.stop() == 75  # the database stayed away: the first body waits in the spool
     assert spooled_records(spool) == 1001
+    got = run_cli(["replay"], cli_env)
+    assert got.returncode == 0, got.stderr.decode()
+    assert events(conn) == 1000  # the first body only: the refused one added no row
 
 
 def test_503_while_bodies_in_memory_are_at_the_limit(

@@ -1,0 +1,136 @@
+"""The webhook's pure pieces: the auth file and its check, body decoding, the memory budget."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import logging
+import re
+from pathlib import Path
+
+import pytest
+
+from pmta_pipe.bodies import BodyError, Budget, Claim, decode_body, is_gzip, split_records
+from pmta_pipe.errors import ConfigError
+from pmta_pipe.webhook_auth import load_credentials, parse_credentials
+
+TOKEN = "0123456789abcdef0123456789abcdef"
+
+
+def basic(text: str) -> str:
+    return "Basic " + base64.b64encode(text.encode()).decode()
+
+
+def test_auth_file_lines_and_checks() -> None:
+    creds = parse_credentials(
+        f"# comment\n\n{TOKEN} mta-1   # trailing comment\nops:pw-1\n{TOKEN[::-1]}\n"
+    )
+    assert [(c.kind, c.source, c.line) for c in creds.entries] == [
+        ("bearer", "mta-1", 3), ("basic", None, 4), ("bearer", None, 5),
+    ]  # fmt: skip
+    ok = creds.check(f"Bearer {TOKEN}")
+    assert ok.ok and ok.source == "mta-1"
+    assert creds.check(f"bearer   {TOKEN[::-1]}").ok  # the scheme in any case
+    assert creds.check(basic("ops:pw-1")).ok
+    for header, why in [
+        (None, "credentials required"),
+        ("", "credentials required"),
+        (f"Bearer {TOKEN[:-1]}", "invalid credentials"),
+        (basic("ops:pw-2"), "invalid credentials"),
+        (f"Basic {base64.b64encode(TOKEN.encode()).decode()}", "invalid credentials"),
+        ("Bearer ops:pw-1", "invalid credentials"),  # a basic secret as a token: no
+        ("Basic !!!", "malformed basic credentials"),
+        ("Digest x", "unsupported authorization scheme 'digest'"),
+    ]:
+        verdict = creds.check(header)
+        assert not verdict.ok and verdict.why.startswith(why), (header, verdict)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "holds no credential"),
+        ("# only a comment\n", "holds no credential"),
+        (f"{TOKEN} a b\n", "line 1: expected TOKEN [SOURCE] or USER:PASSWORD [SOURCE]"),
+        ("short\n", "line 1: a bearer token of 5 characters is too short"),
+        (":pw\n", "line 1: basic credentials need USER:PASSWORD"),
+        ("user:\n", "line 1: basic credentials need USER:PASSWORD"),
+    ],
+)
+def test_bad_auth_files(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_credentials(text)
+
+
+def test_auth_file_mode_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "auth"
+    path.write_text(f"{TOKEN}\n")
+    path.chmod(0o600)
+    with caplog.at_level(logging.WARNING):
+        load_credentials(path)
+    assert not caplog.records
+    path.chmod(0o640)
+    with caplog.at_level(logging.WARNING):
+        load_credentials(path)
+    assert "may be read by others (mode 0640)" in caplog.text
+    with pytest.raises(ConfigError, match="cannot read --auth-file"):
+        load_credentials(tmp_path / "missing")
+
+
+def test_gzip_is_told_by_header_or_bytes() -> None:
+    assert is_gzip("gzip", "", b"ty")
+    assert is_gzip("X-GZIP", "", b"ty")
+    assert is_gzip("", "gzip, chunked", b"ty")
+    assert is_gzip("", "", b"\x1f\x8b")
+    assert not is_gzip("identity", "chunked", b"ty")
+    with pytest.raises(BodyError, match="unsupported Content-Encoding 'br'") as e:
+        is_gzip("br", "", b"ty")
+    assert e.value.status == 400
+
+
+def test_decode_body_members_padding_limits() -> None:
+    taken: list[int] = []
+    text = b"type,timeLogged\nd,2026-01-01 00:00:00+0000\n" * 1000
+    two = gzip.compress(text) + gzip.compress(text) + b"\x00" * 8  # members and padding
+    assert decode_body(two, True, 1 << 20, taken.append) == text + text
+    assert sum(taken) == 2 * 2 * len(text)  # twice the decoded bytes
+    assert decode_body(text, False, 1 << 20, taken.append) == text
+    with pytest.raises(BodyError) as e:
+        decode_body(gzip.compress(b"x" * (3 << 20)), True, 1 << 20, lambda n: None)
+    assert e.value.status == 413 and "larger than --max-body" in e.value.why
+    for bad, why in [
+        (gzip.compress(text)[:-20], "ends before its end"),
+        (b"\x1f\x8b\x08\x00garbage", "ends before its end"),  # a header cut short
+        (b"\x1f\x8b\x07" + b"\x00" * 20, "not valid gzip"),  # an unknown method
+        (gzip.compress(text) + b"trailing junk", "not valid gzip"),
+    ]:
+        with pytest.raises(BodyError, match=why) as e:
+            decode_body(bad, True, 1 << 20, lambda n: None)
+        assert e.value.status == 400
+
+
+def test_split_records_in_batches_and_torn_flag() -> None:
+    data = b"type,timeLogged,rcpt\n" + b"".join(
+        b"d,2026-01-01 00:00:%02d+0000,r%d@x.com\n" % (i % 60, i) for i in range(12)
+    )
+    batches, torn = split_records(data, 5)
+    assert [len(b) for b in batches] == [5, 5, 3] and not torn  # the header line is a record
+    _, torn = split_records(b'type,rcpt\nd,"open quote', 5)
+    assert torn
+    assert split_records(b"", 5) == ([], False)
+
+
+def test_budget_refuses_others_but_never_a_request_alone() -> None:
+    budget = Budget(100)
+    a, b = Claim(budget), Claim(budget)
+    a.take(80)
+    with pytest.raises(BodyError) as e:
+        b.take(30)
+    assert e.value.status == 503 and budget.used == 80
+    a.take(500)  # alone: always gets what it needs
+    assert budget.used == 580
+    a.release()
+    b.take(30)
+    assert budget.used == 30
+    b.release()
+    assert budget.used == 0

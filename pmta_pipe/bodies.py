@@ -5,12 +5,13 @@
   a request that cannot take more is answered ``503`` with ``Retry-After`` instead of
   being buffered without limit. A request alone may always take what it needs, so a
   body within ``--max-body`` is never refused only for its size.
-* ``decode_body``: gzip (one or more members) or plain; decoding stops as soon as the
-  output passes ``--max-body`` (a gzip bomb costs at most that), and a body that is not
-  valid gzip is a ``BodyError`` 400 before anything is journaled.
-* ``split_records``: the decoded body cut into records by ``framing.ChunkSplitter``,
-  as the pipe cuts its stream (CSV and JSON are told apart there, by content), then
-  into batches of at most ``batch_rows`` records for the spool.
+* ``read_records``: gzip (one or more members) or plain, cut into records by
+  ``framing.ChunkSplitter`` as the pipe cuts its stream (CSV and JSON are told apart
+  there, by content), then into batches of at most ``batch_rows`` records for the
+  spool. Decoding stops as soon as the output passes ``--max-body`` (a gzip bomb
+  costs at most that), and a body that is not valid gzip is a ``BodyError`` 400
+  before anything is journaled. The decoded pieces go to the splitter as they come,
+  so the decoded text is never held whole beside its records.
 
 Pure code (no I/O); ``serve`` runs it in worker threads.
 """
@@ -19,15 +20,13 @@ from __future__ import annotations
 
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from pmta_pipe.framing import ChunkSplitter
 
 GZIP_MAGIC = b"\x1f\x8b"
 DECODE_STEP = 1 << 20  # decoded bytes produced (and taken from the budget) at a time
-#: budget taken per decoded byte: the decoded text, then the records cut from it
-DECODED_WEIGHT = 2
 
 
 class BodyError(Exception):
@@ -93,14 +92,8 @@ def is_gzip(content_encoding: str, transfer_encoding: str, head: bytes) -> bool:
     return bool(te & {"gzip", "x-gzip"}) or head[:2] == GZIP_MAGIC
 
 
-def decode_body(data: bytes, gzipped: bool, max_body: int, take: Callable[[int], None]) -> bytes:
-    """The body's text: ``data`` itself, or gunzipped (every member) within ``max_body``.
-
-    ``take`` is called with the budget each step needs (and may raise ``BodyError``)."""
-    if not gzipped:
-        take(DECODED_WEIGHT * len(data))
-        return data
-    out: list[bytes] = []
+def _gunzip(data: bytes, max_body: int) -> Iterator[bytes]:
+    """The decoded pieces of ``data`` (every gzip member), at most ``DECODE_STEP`` each."""
     total = 0
     rest = data
     while rest:
@@ -116,8 +109,7 @@ def decode_body(data: bytes, gzipped: bool, max_body: int, take: Callable[[int],
                         raise BodyError(
                             413, f"decoded body is larger than --max-body ({max_body} bytes)"
                         )
-                    take(DECODED_WEIGHT * len(piece))
-                    out.append(piece)
+                    yield piece
                 elif not pending:
                     break  # all input consumed and no output: the member is cut off
         except zlib.error as exc:
@@ -127,15 +119,39 @@ def decode_body(data: bytes, gzipped: bool, max_body: int, take: Callable[[int],
         rest = d.unused_data
         if rest.strip(b"\x00") == b"":  # zero padding after the last member
             break
-    return b"".join(out)
 
 
-def split_records(text: bytes, batch_rows: int) -> tuple[list[list[bytes]], bool]:
-    """The records of a decoded body in batches of at most ``batch_rows``, and whether the
-    body ended inside its last record (a quoted field left open: ``parse`` decides)."""
+@dataclass
+class Decoded:
+    """A body's records in batches of at most ``batch_rows``, whether it ended inside its
+    last record (a quoted field left open: ``parse`` decides), and its decoded size."""
+
+    batches: list[list[bytes]]
+    torn: bool
+    decoded_bytes: int
+
+
+def read_records(
+    data: bytes, gzipped: bool, max_body: int, batch_rows: int, take: Callable[[int], None]
+) -> Decoded:
+    """Decode a body and cut it into records with ``framing.ChunkSplitter``, as the pipe
+    cuts its stream (CSV and JSON are told apart there, by content).
+
+    A gzip body is fed to the splitter piece by piece as it is decoded, so the decoded
+    text is never held whole beside its records: a body costs its bytes as received,
+    its records (``take``: about its decoded size) and one piece of ``DECODE_STEP``."""
     s = ChunkSplitter()
     out: list[bytes] = []
-    s.feed(text, out)
+    decoded = 0
+    if gzipped:
+        for piece in _gunzip(data, max_body):
+            take(len(piece))
+            decoded += len(piece)
+            s.feed(piece, out)
+    else:
+        take(len(data))
+        decoded = len(data)
+        s.feed(data, out)
     torn = bool(s.finish(out)) and bool(out)
     batches = [out[i : i + batch_rows] for i in range(0, len(out), batch_rows)]
-    return batches, torn
+    return Decoded(batches, torn, decoded)

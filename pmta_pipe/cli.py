@@ -45,7 +45,7 @@ SERVE = (
 
 REPORTS = (
     "summary", "domains", "providers", "deferrals", "patterns", "ips", "alerts",
-    "bounces", "jobs", "vmtas", "complaints", "delivery-times",
+    "bounces", "jobs", "vmtas", "complaints", "delivery-times", "warmup", "alerts-hourly",
 )  # fmt: skip
 
 
@@ -154,8 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "csv", "json"), default="table",
                    help="output format (default table)")  # fmt: skip
     p.add_argument("--fail-on-alert", action="store_true",
-                   help="with 'alerts': exit 3 when an alert is open")  # fmt: skip
+                   help="with 'alerts' or 'alerts-hourly': exit 3 when an alert is open")  # fmt: skip
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("alerts", help="evaluate the alerts, notify each opening and closing once"
+                       " (exit 3 while one is open)")  # fmt: skip
+    _add_options(p, (*COMMON, "alert_webhook"))
+    p.add_argument("--since", default="2h", help="window start (timestamp, date, or age like 2h,"
+                   " 1d; default 2h): the UTC hours and days it overlaps")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_alerts)
 
     p = sub.add_parser("prune", help="drop raw-event partitions older than N days")
     _add_options(p, COMMON)
@@ -241,9 +249,10 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from pmta_pipe.pipeline import tune_gc
-    from pmta_pipe.serve import run_serve
+    from pmta_pipe.serve import run_serve, tune_malloc
 
     tune_gc()
+    tune_malloc()
     result = run_serve(settings)
     t = result.totals
     log.info("done: %d requests; %d records, %d inserted, %d duplicates, %d rejected in %.1f s",
@@ -322,7 +331,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
     from pmta_pipe.report import FILTERS, ReportQuery, fetch, render
 
-    if args.fail_on_alert and args.kind != "alerts":
+    if args.fail_on_alert and args.kind not in ("alerts", "alerts-hourly"):
         raise ConfigError("--fail-on-alert only applies to 'report alerts'",
                           "run 'pmta-pipe report alerts --fail-on-alert'")  # fmt: skip
     query = ReportQuery(
@@ -334,6 +343,26 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
     if args.fail_on_alert and data.rows:
         return EX_ALERT
     return EX_OK
+
+
+def cmd_alerts(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from pmta_pipe import alerts, db, notify
+
+    now = datetime.now(timezone.utc)
+    since = alerts.window(args.since, now)
+    url = settings.alert_webhook
+    notifier = (lambda text: notify.post_webhook(url, text)) if url else None
+    target = db.resolve_target(settings)
+    log.info("evaluating alerts in %s", target.description)
+    with db.connect(target.conninfo, autocommit=True) as conn:
+        result = alerts.run_alerts(conn, since, now, notifier)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        sys.stdout.write(alerts.format_text(result, printed=url is None))
+    return EX_ALERT if result.open else EX_OK
 
 
 def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:

@@ -123,6 +123,13 @@ def _url_path(text: str) -> str:
     return t
 
 
+def _webhook_url(text: str) -> str:
+    t = text.strip()
+    if not t.startswith(("https://", "http://")) or any(c.isspace() for c in t):
+        raise ValueError("expected an http:// or https:// URL")
+    return t
+
+
 def _level(text: str) -> str:
     level = text.strip().upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -187,7 +194,7 @@ OPTIONS: tuple[Option, ...] = (
            " 413 (default 16M)", "SIZE"),
     Option("max_inflight", "--max-inflight", parse_size,
            "serve: bytes of request bodies held in memory at once (received and decoded);"
-           " more is answered 503 with Retry-After (default 48M)", "SIZE"),
+           " more is answered 503 with Retry-After (default 32M)", "SIZE"),
     Option("auth_file", "--auth-file", _path,
            "serve: credentials, one a line: TOKEN [SOURCE] (bearer) or USER:PASSWORD [SOURCE]"
            " (basic auth); keep it mode 0600", "FILE"),
@@ -197,6 +204,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("tls_cert", "--tls-cert", _path,
            "serve: TLS certificate chain (PEM); with --tls-key, serve HTTPS", "FILE"),
     Option("tls_key", "--tls-key", _path, "serve: the TLS private key (PEM)", "FILE"),
+    Option("alert_webhook", "--webhook", _webhook_url,
+           "alerts: incoming-webhook URL (Slack, Mattermost, Teams) to post each opening and"
+           " closing to, as JSON with a text field; keep it out of command lines", "URL"),
     Option("log_level", "--log-level", _level,
            "debug, info, warning or error (default info)", "LEVEL"),
 )  # fmt: skip
@@ -242,11 +252,12 @@ class Settings:
     listen: tuple[str, int] = ("127.0.0.1", 8025)
     webhook_path: str = "/accounting"
     max_body: int = 16 << 20
-    max_inflight: int = 48 << 20
+    max_inflight: int = 32 << 20
     auth_file: Path | None = None
     no_auth: bool = False
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    alert_webhook: str | None = None
     log_level: str = "INFO"
 
     @property

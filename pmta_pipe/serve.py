@@ -33,9 +33,12 @@ still staged at PowerMTA or journaled here::
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import ipaddress
 import json
 import logging
+import os
 import signal
 import ssl
 import threading
@@ -49,7 +52,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from pmta_pipe import status
-from pmta_pipe.bodies import BodyError, Budget, Claim, decode_body, is_gzip, split_records
+from pmta_pipe.bodies import BodyError, Budget, Claim, Decoded, is_gzip, read_records
 from pmta_pipe.config import Settings
 from pmta_pipe.errors import ConfigError, PmtaPipeError, SpooledForLater
 from pmta_pipe.feed import Feed, PendingQueue
@@ -61,8 +64,8 @@ from pmta_pipe.webhook_journal import WebhookJournal
 
 log = logging.getLogger(__name__)
 
-MAX_MEMORY_BATCHES = 4  # parsed-to-be batches held in memory; beyond, on disk only
-MAX_MEMORY_BYTES = 16 << 20
+MAX_MEMORY_BATCHES = 2  # batches to be parsed held in memory; beyond, on disk only
+MAX_MEMORY_BYTES = 8 << 20
 RETRY_FULL = 30  # Retry-After (seconds): the spool is full
 RETRY_BUSY = 1  # ... bodies in memory at --max-inflight
 RETRY_STOPPING = 5  # ... the server is stopping
@@ -83,6 +86,30 @@ class ServeResult:
     left_batches: int = 0
     left_records: int = 0
     error: PmtaPipeError | None = None  # why records were left (exit 75)
+
+
+def tune_malloc() -> None:
+    """Keep glibc's malloc from holding freed request bodies: for a process that serves.
+
+    glibc gives each thread that allocates an arena of its own and keeps what is freed
+    there for reuse; serve's threads (decoding, journaling, parsing, loading) each touch
+    bodies of megabytes, so without this peak RSS grew by about a body per thread. Two
+    arenas, and a fixed mmap threshold of 1 MiB (larger buffers come from ``mmap`` and
+    go back to the system when freed), keep RSS near what is in use. A variable
+    ``MALLOC_ARENA_MAX`` / ``MALLOC_MMAP_THRESHOLD_`` set by the operator wins; nothing
+    happens where the C library is not glibc."""
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt if name else None
+    except (OSError, AttributeError):
+        mallopt = None
+    if mallopt is None:
+        return
+    m_arena_max, m_mmap_threshold = -8, -3  # malloc.h
+    if "MALLOC_ARENA_MAX" not in os.environ:
+        mallopt(m_arena_max, 2)
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        mallopt(m_mmap_threshold, 1 << 20)
 
 
 def is_loopback(host: str) -> bool:
@@ -293,16 +320,19 @@ class WebhookServer:
             data[:2],
         )
         loop = asyncio.get_running_loop()
-        batches_of, torn, decoded = await loop.run_in_executor(
-            self._decode, self._decode_split, data, gz, claim
-        )
+        decoded: Decoded = await loop.run_in_executor(
+            self._decode, read_records, data, gz, self.settings.max_body,
+            self.settings.batch_rows, claim.take,
+        )  # fmt: skip
         del data
-        self.metrics.decoded_bytes.inc(decoded)
-        if not batches_of:
+        self.metrics.decoded_bytes.inc(decoded.decoded_bytes)
+        if not decoded.batches:
             return _text(200, "ok: 0 records")
         outcome = await loop.run_in_executor(
-            self._journal, self.journal.journal, source, batches_of, received_at, torn
-        )
+            self._journal, self.journal.journal, source, decoded.batches, received_at,
+            decoded.torn,
+        )  # fmt: skip
+        del decoded
         if not outcome.ok:
             full = "full" in outcome.why
             return self._refuse(503, outcome.why, RETRY_FULL if full else RETRY_BUSY)
@@ -310,14 +340,6 @@ class WebhookServer:
         log.debug("journaled %d records (%d batches) from %s", outcome.records,
                   outcome.batches, source)  # fmt: skip
         return _text(200, f"ok: {outcome.records} records journaled")
-
-    def _decode_split(
-        self, data: bytes, gz: bool, claim: Claim
-    ) -> tuple[list[list[bytes]], bool, int]:
-        text = decode_body(data, gz, self.settings.max_body, claim.take)
-        del data
-        batches, torn = split_records(text, self.settings.batch_rows)
-        return batches, torn, len(text)
 
     async def healthz(self, request: web.Request) -> web.StreamResponse:
         st = await self.health.get()

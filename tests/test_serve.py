@@ -455,6 +455,51 @@ def test_a_client_gone_mid_body_journals_nothing(
     assert "Error handling request" not in (tmp_path / "log").read_text()
 
 
+def high_water_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.slow
+def test_memory_stays_bounded_with_eight_clients_posting_10_mb_batches(
+    cli_env: dict[str, str], conn: Conn, tmp_path: Path
+) -> None:
+    """PowerMTA's largest batches (max-size 10M) from eight hosts at once: the bodies in
+    memory are bounded (--max-inflight; the rest wait for a 503's Retry-After), so the
+    server's peak RSS stays under 150 MB."""
+    data = stream(88_000, days=1, seed=5, start="2026-07-25")
+    head, _, rest = data.partition(b"\n")
+    lines = rest.splitlines(keepends=True)
+    quarter = len(lines) // 4
+    bodies = [gzip.compress(head + b"\n" + b"".join(lines[i * quarter : (i + 1) * quarter]))
+              for i in range(4)]  # fmt: skip
+    statuses: list[int] = []
+    with serving(cli_env, tmp_path / "log") as s:
+        assert s.proc is not None
+
+        def client(c: int) -> None:
+            while True:
+                got = s.post(bodies[c % 4], {"Content-Encoding": "gzip"})
+                statuses.append(got.status)
+                if got.status != 503:
+                    return
+                time.sleep(float(got.headers["retry-after"]))
+
+        threads = [threading.Thread(target=client, args=(c,)) for c in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wait_for(lambda: batched(conn) == 2 * 4 * quarter, 120, "every record committed")
+        peak = high_water_mb(s.proc.pid)
+        assert s.stop() == 0
+    assert statuses.count(200) == 8 and set(statuses) <= {200, 503}
+    assert events(conn) == 4 * quarter
+    assert peak < 150, f"peak RSS {peak:.0f} MB"
+
+
 # -- metrics and health ------------------------------------------------------------------------
 
 

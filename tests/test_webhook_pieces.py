@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pmta_pipe.bodies import BodyError, Budget, Claim, decode_body, is_gzip, split_records
+from pmta_pipe.bodies import BodyError, Budget, Claim, is_gzip, read_records
 from pmta_pipe.errors import ConfigError
 from pmta_pipe.webhook_auth import load_credentials, parse_credentials
 
@@ -88,15 +88,20 @@ def test_gzip_is_told_by_header_or_bytes() -> None:
     assert e.value.status == 400
 
 
-def test_decode_body_members_padding_limits() -> None:
+def texts(data: bytes, gzipped: bool, take: list[int] | None = None) -> bytes:
+    got = read_records(data, gzipped, 1 << 20, 1000, (take if take is not None else []).append)
+    return b"".join(r + b"\n" for batch in got.batches for r in batch)
+
+
+def test_read_records_gzip_members_padding_limits() -> None:
     taken: list[int] = []
     text = b"type,timeLogged\nd,2026-01-01 00:00:00+0000\n" * 1000
     two = gzip.compress(text) + gzip.compress(text) + b"\x00" * 8  # members and padding
-    assert decode_body(two, True, 1 << 20, taken.append) == text + text
-    assert sum(taken) == 2 * 2 * len(text)  # twice the decoded bytes
-    assert decode_body(text, False, 1 << 20, taken.append) == text
+    assert texts(two, True, taken) == text + text
+    assert sum(taken) == 2 * len(text)  # the decoded bytes, piece by piece
+    assert texts(text, False) == text
     with pytest.raises(BodyError) as e:
-        decode_body(gzip.compress(b"x" * (3 << 20)), True, 1 << 20, lambda n: None)
+        read_records(gzip.compress(b"x" * (3 << 20)), True, 1 << 20, 1000, lambda n: None)
     assert e.value.status == 413 and "larger than --max-body" in e.value.why
     for bad, why in [
         (gzip.compress(text)[:-20], "ends before its end"),
@@ -105,19 +110,23 @@ def test_decode_body_members_padding_limits() -> None:
         (gzip.compress(text) + b"trailing junk", "not valid gzip"),
     ]:
         with pytest.raises(BodyError, match=why) as e:
-            decode_body(bad, True, 1 << 20, lambda n: None)
+            read_records(bad, True, 1 << 20, 1000, lambda n: None)
         assert e.value.status == 400
 
 
-def test_split_records_in_batches_and_torn_flag() -> None:
+def test_read_records_in_batches_and_torn_flag() -> None:
     data = b"type,timeLogged,rcpt\n" + b"".join(
         b"d,2026-01-01 00:00:%02d+0000,r%d@x.com\n" % (i % 60, i) for i in range(12)
     )
-    batches, torn = split_records(data, 5)
-    assert [len(b) for b in batches] == [5, 5, 3] and not torn  # the header line is a record
-    _, torn = split_records(b'type,rcpt\nd,"open quote', 5)
-    assert torn
-    assert split_records(b"", 5) == ([], False)
+    got = read_records(gzip.compress(data), True, 1 << 20, 5, lambda n: None)
+    assert [len(b) for b in got.batches] == [5, 5, 3]  # the header line is a record
+    assert not got.torn and got.decoded_bytes == len(data)
+    assert read_records(b'type,rcpt\nd,"open quote', False, 1 << 20, 5, lambda n: None).torn
+    empty = read_records(b"", False, 1 << 20, 5, lambda n: None)
+    assert (empty.batches, empty.torn) == ([], False)
+    # JSON is told apart by the splitter: an array of objects, one record each
+    arr = b'[{"type": "d", "rcpt": "a@x.com"}, {"type": "b", "rcpt": "b@x.com"}]'
+    assert [len(b) for b in read_records(arr, False, 1 << 20, 5, lambda n: None).batches] == [2]
 
 
 def test_budget_refuses_others_but_never_a_request_alone() -> None:

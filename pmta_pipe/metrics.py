@@ -27,10 +27,11 @@ server gives (``spool_state``, ``database_up``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from pmta_pipe.load import LoadResult
@@ -47,7 +48,7 @@ class _Gauges(Collector):
         self.spool_state = spool_state
         self.database_up = database_up
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self) -> Iterator[Metric]:
         nbytes, batches, age = self.spool_state()
         yield GaugeMetricFamily(
             "pmta_pipe_spool_bytes", "Bytes of the spool's segments (every process)", nbytes

@@ -568,11 +568,16 @@ def test_healthz_follows_a_real_connection_cut(
         wait_for(lambda: events(conn) == 300)
         wait_for(lambda: s.get("/healthz").status == 200, 20, "healthy")
         assert json.loads(s.get("/healthz").body) == {"healthy": True, "problems": []}
+        assert run_cli(["status"], env, timeout=60).returncode == 0
         cut.stop()  # every connection closed, new ones refused
         wait_for(lambda: s.get("/healthz").status == 503, 20, "unhealthy")
         verdict = json.loads(s.get("/healthz").body)
         assert verdict["healthy"] is False
         assert any(p.startswith("database unreachable") for p in verdict["problems"])
+        status = run_cli(["status", "--format", "json"], env, timeout=60)  # the same verdict
+        assert status.returncode == 1
+        st = json.loads(status.stdout)
+        assert (st["healthy"], st["problems"]) == (verdict["healthy"], verdict["problems"])
         m = metric_values(s.get("/metrics").body)
         assert m[("pmta_pipe_database_up", ())] == 0
         # journaled while the database is away, loaded once it is back

@@ -14,7 +14,8 @@
 --
 --   pmta_reader   SELECT on the report views of schema pmta and on the reference
 --                 tables (pmta.mailbox_providers, pmta.diag_rules,
---                 pmta.alert_thresholds). For BI tools (Grafana, Metabase, psql).
+--                 pmta.alert_thresholds, pmta.blocklist_patterns). For BI tools
+--                 (Grafana, Metabase, psql).
 --                 It gets a view only when every column of it is known to be
 --                 address-free (see "The reader's views" below), and no other table:
 --                 not pmta.events, pmta.rejects or the rollup tables, which hold
@@ -125,19 +126,22 @@ DECLARE
     address_free_text constant text[] := ARRAY[
         -- values made by pmta-pipe, PowerMTA or the operator
         '*.source', '*.record_type', '*.rcpt_domain', '*.provider', '*.vmta', '*.vmta_pool',
-        '*.bounce_cat', '*.bounce_class', '*.code', '*.category', '*.alert',
+        '*.bounce_cat', '*.bounce_class', '*.code', '*.category', '*.alert', '*.blocklist',
+        '*.dlv_source_ip_text',
         -- texts that can quote an address, masked by pmta.mask_addresses
         'daily_counts.job_id', 'daily_traffic.job_id', 'daily_bounces.job_id',
         'job_summary.job_id', 'complaints.job_id',
         'daily_diag.pattern', 'daily_diag.example',
         'diag_patterns.pattern', 'diag_patterns.example',
-        'deferral_patterns.pattern', 'deferral_patterns.example'];
+        'deferral_patterns.pattern', 'deferral_patterns.example',
+        'blocklist_hits.example', 'blocklist_hits.lookup_url'];
     -- (and the rollups' state, two timestamps and a list of hours: the views'
     -- functions pmta.rollup_watermark() and rollup_invalidated_from() read them as the
     -- caller)
     reference_tables constant text[] := ARRAY['pmta.mailbox_providers', 'pmta.diag_rules',
                                               'pmta.alert_thresholds', 'pmta.rollup_state',
-                                              'pmta.rollup_invalidations'];
+                                              'pmta.rollup_invalidations',
+                                              'pmta.blocklist_patterns'];
     owner   text;
     r       record;
     t       text;

@@ -58,10 +58,11 @@ Pure code, no I/O. Importing it sets the ``csv`` module's field size limit to
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Iterable
 
 from pmta_pipe import values
-from pmta_pipe.jsonrecords import JsonSplitter, is_json_record, is_open, starts_json
+from pmta_pipe.jsonrecords import JsonSplitter, is_json_record, is_open
 
 DEFAULT_MAX_RECORD_BYTES = 1 << 20
 csv.field_size_limit(DEFAULT_MAX_RECORD_BYTES)
@@ -73,6 +74,7 @@ _MAX_LEARNED_TYPES = 64
 _MAX_TYPE_BYTES = 32
 _BOM = "\ufeff"
 _BOM_BYTES = _BOM.encode()
+_BLANK_RUN = re.compile(rb"\s*+")
 
 
 def header_field(first: str) -> bool:
@@ -256,11 +258,12 @@ class RecordAssembler:
 class ChunkSplitter:
     """Cuts arbitrary chunks of a byte stream into whole records, CSV or JSON.
 
-    The stream's first non-blank byte decides (``jsonrecords.starts_json``): ``{`` or
-    ``[`` (after a byte-order mark, which is dropped) hands the whole stream to a
-    ``jsonrecords.JsonSplitter``; anything else is CSV, cut by lines as described
-    above. ``feed`` and ``finish`` work alike for both, so a caller holding a whole
-    body calls ``feed(body, out)`` then ``finish(out)``."""
+    The stream's first non-blank byte decides: ``{`` or ``[`` (after a byte-order mark,
+    which is dropped) hands the whole stream to a ``jsonrecords.JsonSplitter``; anything
+    else is CSV, cut by lines as described above (so is a stream whose blank lines
+    before that byte include one of ``max_record_bytes`` or more). ``feed`` and
+    ``finish`` work alike for both, so a caller holding a whole body calls
+    ``feed(body, out)`` then ``finish(out)``."""
 
     __slots__ = ("_asm", "_head", "_json", "_max", "_rest", "_skipped", "_skipping")
 
@@ -295,17 +298,32 @@ class ChunkSplitter:
         self._feed_csv(chunk, out)
 
     def _decide(self, chunk: bytes) -> bytes:
-        """Tell CSV from JSON at the first non-blank byte; the bytes to feed from there."""
+        """Tell CSV from JSON at the first non-blank byte; the bytes to feed from there.
+
+        Until that byte comes, only what CSV would make records of is kept (a byte-order
+        mark's line and the last line); a line of blanks of ``max_record_bytes`` or more
+        before it makes the stream CSV (as CSV cuts such a line), whatever the chunks."""
         assert self._head is not None
         head = self._head + chunk
-        verdict = starts_json(head)
-        if verdict is None and len(head) < self._max:
+        if len(head) < len(_BOM_BYTES) and _BOM_BYTES.startswith(head):
+            self._head = head
+            return b""
+        begin = len(_BOM_BYTES) if head.startswith(_BOM_BYTES) else 0
+        first = _BLANK_RUN.match(head, begin).end()  # type: ignore[union-attr]  # always
+        lines = head[begin:first].split(b"\n")
+        if max(map(len, lines)) >= self._max:
+            self._head = None
+            return head
+        if first == len(head):  # blanks only, so far
+            if len(lines) > 1:
+                kept = head[: begin + len(lines[0]) + 1] if begin else b""
+                head = kept + lines[-1]
             self._head = head
             return b""
         self._head = None
-        if verdict:
+        if head[first] in b"{[":
             self._json = JsonSplitter(self._max)
-            return head[3:] if head.startswith(_BOM_BYTES) else head
+            return head[first:]
         return head
 
     def _feed_csv(self, chunk: bytes, out: list[bytes]) -> None:

@@ -41,9 +41,16 @@ The blind spots: an object nested in a value that starts a line of its own (as
 record, so such an object (rejected anyway: values are strings) makes two rejects;
 and a line of a JSON stream that is no JSON at all and holds no comma (``hello``)
 is read as a CSV record, as it would be in a CSV stream (a record's format is
-decided by its own text). An object larger than the record limit is handed on as
-its first ``max_record_bytes`` (the parser rejects it) and the rest of it skipped
-(``skipped_bytes``), as an over-long CSV line is.
+decided by its own text).
+
+The record limit. An object that reaches ``max_record_bytes`` (its bytes so far, blank
+lines inside it included) is handed on as its first ``max_record_bytes`` (the parser
+rejects it) and the rest of it is skipped (``skipped_bytes``), as an over-long CSV line
+is; skipping follows strings and brackets without keeping them, and ends where the
+object would have (its closing bracket, or a resynchronisation). A value that is not an
+object is cut likewise and the rest of its line skipped; blanks after a ``[`` longer
+than the limit make the ``[`` an array's. So what is kept in memory never much passes
+the limit, and the records do not depend on how the input is cut into chunks.
 
 Reading a record (``read_object``): the object's members in order, each value as
 text: strings as they are, numbers as written, ``true``/``false`` as those words,
@@ -74,14 +81,15 @@ _BETWEEN = re.compile(rb"[\s,\]]*+")
 _INSIDE = re.compile(rb'[^"{}\[\]\n]*+(?:"[^"\\\n]*+(?:\\[^\n][^"\\\n]*+)*+"[^"{}\[\]\n]*+)*+')
 #: a top-level value that is not an object: up to a ``{`` or a line break
 _JUNK = re.compile(rb'[^"{\n]*+(?:"[^"\\\n]*+(?:\\[^\n][^"\\\n]*+)*+"?[^"{\n]*+)*+')
+#: the rest of a string: up to its closing quote, a line break or a backslash before one
+_STRING_REST = re.compile(rb'[^"\\\n]*+(?:\\[^\n][^"\\\n]*+)*+')
 _BLANKS = re.compile(rb"\s*+")
 _LINE_BLANKS = re.compile(rb"[ \t\r\f\v]*+")
-_BOM = b"\xef\xbb\xbf"
 
 _LBRACE, _RBRACE, _LBRACKET, _RBRACKET = b"{}[]"
-_QUOTE, _NL = ord('"'), ord("\n")
+_QUOTE, _NL, _BACKSLASH = ord('"'), ord("\n"), ord("\\")
 
-_TOP, _OBJECT, _JUNK_VALUE, _SKIP_OBJECT, _SKIP_LINE = range(5)
+_TOP, _OBJECT, _JUNK_VALUE, _SKIP_OBJECT, _SKIP_LINE, _SKIP_BLANKS, _SKIP_STRING = range(7)
 
 
 def _end(pattern: re.Pattern[bytes], data: bytes, pos: int) -> int:
@@ -96,18 +104,6 @@ def is_json_record(record: bytes) -> bool:
     if _OPENS.match(record):
         return True
     return b"," not in record and _SCALAR.fullmatch(record) is not None
-
-
-def starts_json(head: bytes) -> bool | None:
-    """Whether a stream beginning with ``head`` is JSON (its first non-blank byte, after
-    a byte-order mark, is ``{`` or ``[``); ``None`` while ``head`` is blank."""
-    if len(head) < len(_BOM) and _BOM.startswith(head):
-        return None  # nothing yet, or a byte-order mark begun
-    rest = head[len(_BOM) :] if head.startswith(_BOM) else head
-    first = _end(_BLANKS, rest, 0)
-    if first == len(rest):
-        return None
-    return rest[first] in (_LBRACE, _LBRACKET)
 
 
 def is_open(record: bytes) -> bool:
@@ -209,9 +205,9 @@ class JsonSplitter:
                     continue
                 if c == _LBRACKET:
                     q = _end(_LINE_BLANKS, data, pos + 1)
-                    if q >= n and not final:
+                    if q >= n and not final and q - pos <= limit:
                         break  # what follows the bracket on its line is not here yet
-                    if q >= n or data[q] in (_LBRACE, _RBRACKET, _NL):
+                    if q >= n or q - pos > limit or data[q] in (_LBRACE, _RBRACKET, _NL):
                         pos += 1  # an array of objects: the bracket is no record
                         continue
                 state = _JUNK_VALUE
@@ -245,21 +241,40 @@ class JsonSplitter:
                         state = _TOP
                 elif c == _QUOTE:  # a string this line does not close: the record ends here
                     nl = data.find(b"\n", p)
-                    if nl < 0 and not final:
+                    if nl < 0 and not final:  # it may close in a later chunk
+                        if not skipping and n - start >= limit:  # cut now, as it will be
+                            self._hand_on(data[start : start + limit], out)
+                            self.skipped_bytes += p - start - limit
+                            skipping = True
+                        if skipping:
+                            self.skipped_bytes += 1
+                            state, pos = _SKIP_STRING, after
+                            continue
                         pos = p
                         break
                     after = n if nl < 0 else nl
                     if not skipping:
                         self._hand_on(data[start:after], out)
+                        if after - start > limit:
+                            self.skipped_bytes += after - start - limit
                     state = _TOP
                 else:  # a line break inside the object: does the next line begin a record?
+                    if skipping:
+                        self.skipped_bytes += 1
+                        state, pos = _SKIP_BLANKS, after
+                        continue
                     q = _end(_BLANKS, data, after)
+                    if q - start >= limit and (q < n or not final):
+                        # blank lines up to the limit: cut there, whatever the chunks
+                        self._hand_on(data[start : start + limit], out)
+                        self.skipped_bytes += after - start - limit  # _SKIP_BLANKS adds
+                        state, pos = _SKIP_BLANKS, after
+                        continue
                     if q >= n and not final:
                         pos = p
                         break
                     if q < n and data[q] == _LBRACE:
-                        if not skipping:
-                            self._hand_on(data[start:p], out)
+                        self._hand_on(data[start:p], out)
                         state = _TOP
                 if skipping:
                     self.skipped_bytes += after - p
@@ -281,6 +296,36 @@ class JsonSplitter:
                 if p >= n:
                     data, pos = b"", 0
                     break
+                continue
+            if state == _SKIP_STRING:  # skipping an object, inside a string of it
+                q = _end(_STRING_REST, data, pos)
+                if q >= n or (data[q] == _BACKSLASH and q + 1 >= n):  # the rest is not here
+                    self.skipped_bytes += (n if final else q) - pos
+                    if final:
+                        data, pos, state = b"", 0, _TOP
+                    else:
+                        pos = q
+                    break
+                c = data[q]
+                if c == _QUOTE:  # closed: the object goes on
+                    self.skipped_bytes += q + 1 - pos
+                    state, pos = _SKIP_OBJECT, q + 1
+                elif c == _NL:  # open at the end of its line: the record ends there
+                    self.skipped_bytes += q - pos
+                    state, pos = _TOP, q
+                else:  # a backslash before the line break
+                    self.skipped_bytes += q + 1 - pos
+                    state, pos = _TOP, q + 1
+                continue
+            if state == _SKIP_BLANKS:  # skipping an object, after a line break in it
+                q = _end(_BLANKS, data, pos)
+                self.skipped_bytes += q - pos
+                if q >= n:
+                    data, pos = b"", 0
+                    if final:
+                        state = _TOP
+                    break
+                state, pos = (_TOP if data[q] == _LBRACE else _SKIP_OBJECT), q
                 continue
             # _SKIP_LINE: the rest of an over-long line
             nl = data.find(b"\n", pos)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import random
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -209,6 +210,46 @@ def test_an_object_over_the_limit_is_cut_and_the_rest_of_it_skipped() -> None:
     assert cut_alike(b'{"type":"d"}\n' + line + b'{"type":"b"}', 64) == [
         b'{"type":"d"}', line[:64], b'{"type":"b"}',
     ]  # fmt: skip
+
+
+def test_cutting_does_not_depend_on_the_chunks() -> None:
+    """Seeded random JSON-ish streams: the same records, flags and skipped bytes whether
+    fed whole or in pieces of 1, 2 or 5 bytes, with small and large limits."""
+    rng = random.Random(14)
+    pieces = [b"{", b"}", b"[", b"]", b'"', b"\\", b"\n", b",", b"a", b" ", b"\r", b":",
+              b"\n\n\n", b"    "]  # fmt: skip
+    for _ in range(3000):
+        data = b"{" + b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 60)))
+        limit = rng.choice((4, 8, 16, 1 << 20))
+        runs = []
+        for step in (None, 1, 2, 5):
+            s = ChunkSplitter(limit)
+            out: list[bytes] = []
+            if step is None:
+                s.feed(data, out)
+            else:
+                for i in range(0, len(data), step):
+                    s.feed(data[i : i + step], out)
+            runs.append((out, s.finish(out), s.skipped_bytes))
+        assert all(run == runs[0] for run in runs), data
+        assert all(b"\n" not in r and len(r) <= limit for r in runs[0][0]), data
+
+
+def test_what_is_kept_while_an_object_is_open_is_bounded() -> None:
+    """An object left open, then blank lines, blanks or one endless string: each is cut at
+    the limit and the rest skipped, holding no more than about the limit in memory."""
+    for head, filler in ((b'{"type":"d","a":', b"\n"), (b'{"type":"d","a":', b" "),
+                         (b'{"type":"d","a":"', b"x"), (b"[", b" ")):  # fmt: skip
+        s = ChunkSplitter(64)
+        out: list[bytes] = []
+        s.feed(head, out)
+        for _ in range(2000):
+            s.feed(filler * 50, out)
+            assert len(s._json._buf) <= 64 + 50  # type: ignore[union-attr]
+        s.feed(b'\n{"type":"b"}\n', out)
+        s.finish(out)
+        assert out[-1] == b'{"type":"b"}'
+        assert len(out) == (1 if head == b"[" else 2)
 
 
 def test_what_is_a_json_record() -> None:

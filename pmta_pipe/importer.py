@@ -49,16 +49,16 @@ record can be looked at before it is handed on:
 * A plain file is read up to the size it had when the import planned it. In one
   modified in the last ``HOLD_TAIL_SECONDS`` (PowerMTA may be writing it), the last
   record is left for the next run when it has no line break yet, or when a quote
-  left it open (a multi-line reply cut between its lines): never loaded, never
-  rejected.
+  left it open (a multi-line reply cut between its lines) or a JSON object is not
+  closed yet (``framing.left_open``): never loaded, never rejected.
   The ledger row stays not completed, with ``bytes_done`` at that record's first
   byte; the next run seeks there, so it reads the whole record, once.
 * Any other input (an older file, a verified compressed file, a stream) whose last
   record has no line break or an open quote: it is loaded when it is provably
-  complete (its quotes closed and as many fields as its header), else it is
-  rejected as ``TORN``. The ledger does not count that reject and its
-  ``bytes_done`` is the record's first byte, so when the file grows the whole record
-  is read again. A torn reject is removed in the transaction that reads the whole
+  complete (its quotes closed and as many fields as its header; a JSON object
+  closed), else it is rejected as ``TORN``. The ledger does not count that reject
+  and its ``bytes_done`` is the record's first byte, so when the file grows the whole
+  record is read again. A torn reject is removed in the transaction that reads the whole
   record (``_FileReceipt.in_transaction``): the record at the same position of a
   file from the same source whose text begins with the torn text (a grown file, a
   complete copy elsewhere, ``--force``). The blind spot: a line cut inside its last

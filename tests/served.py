@@ -35,7 +35,10 @@ class Answer:
 class Served:
     """A running ``pmta-pipe serve`` (``start``), its log, and requests to it."""
 
-    def __init__(self, env: dict[str, str], log: Path, *args: str, tls: bool = False) -> None:
+    def __init__(
+        self, env: dict[str, str], log: Path, *args: str, tls: bool = False, host: str = "127.0.0.1"
+    ) -> None:
+        self.host = host  # where it listens; requests go to 127.0.0.1
         self.env = env
         self.log = log
         self.args = args
@@ -49,7 +52,7 @@ class Served:
         with self.log.open("ab") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "pmta_pipe", "serve",
-                 "--listen", f"127.0.0.1:{self.port}", *self.args],
+                 "--listen", f"{self.host}:{self.port}", *self.args],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=self.env,
             )  # fmt: skip
         deadline = time.monotonic() + timeout

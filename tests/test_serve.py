@@ -624,7 +624,7 @@ def test_no_auth_on_any_address_and_a_world_readable_auth_file_warns(
     cli_env: dict[str, str], conn: Conn, tmp_path: Path
 ) -> None:
     readable = auth_file(tmp_path, f"{TOKEN}\n", mode=0o644)
-    s = Served(cli_env, tmp_path / "log", "--auth-file", str(readable))
+    s = Served(cli_env, tmp_path / "log", "--auth-file", str(readable), host="0.0.0.0")
     s.start()
     try:
         assert "may be read by others (mode 0644)" in s.text()
@@ -633,7 +633,17 @@ def test_no_auth_on_any_address_and_a_world_readable_auth_file_warns(
     finally:
         if s.proc is not None and s.proc.poll() is None:
             s.kill()
-    assert events(conn) == 10
+    # no credentials at all on every address: only with --no-auth (or PMTA_PIPE_NO_AUTH=1)
+    for args, env in [(("--no-auth",), cli_env), ((), dict(cli_env, PMTA_PIPE_NO_AUTH="1"))]:
+        s = Served(env, tmp_path / "log3", *args, host="0.0.0.0").start()
+        try:
+            assert "(auth: none)" in s.text()
+            assert s.post(body(10, "2026-10-02")).status == 200
+            assert s.stop() == 0
+        finally:
+            if s.proc is not None and s.proc.poll() is None:
+                s.kill()
+    assert events(conn) == 20
 
 
 def test_tls(cli_env: dict[str, str], conn: Conn, tmp_path: Path) -> None:

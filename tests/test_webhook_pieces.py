@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pmta_pipe.bodies import BodyError, Budget, Claim, is_gzip, read_records
+from pmta_pipe.config import parse_listen, resolve
 from pmta_pipe.errors import ConfigError
 from pmta_pipe.webhook_auth import load_credentials, parse_credentials
 
@@ -143,3 +144,20 @@ def test_budget_refuses_others_but_never_a_request_alone() -> None:
     assert budget.used == 30
     b.release()
     assert budget.used == 0
+
+
+def test_listen_addresses_and_the_no_auth_variable() -> None:
+    assert parse_listen("127.0.0.1:8025") == ("127.0.0.1", 8025)
+    assert parse_listen(" [::1]:80 ") == ("::1", 80)
+    assert parse_listen("0.0.0.0:0") == ("0.0.0.0", 0)
+    assert parse_listen("localhost:9") == ("localhost", 9)
+    for bad in ("8025", ":8025", "::1:80", "[::1:80", "host:http", "host:70000"):
+        with pytest.raises(ValueError):
+            parse_listen(bad)
+    assert resolve({}, env={}).listen == ("127.0.0.1", 8025)
+    assert resolve({}, env={"PMTA_PIPE_LISTEN": "10.0.0.1:81"}).listen == ("10.0.0.1", 81)
+    assert resolve({}, env={"PMTA_PIPE_NO_AUTH": "yes"}).no_auth is True
+    assert resolve({}, env={"PMTA_PIPE_NO_AUTH": "0"}).no_auth is False
+    assert resolve({"no_auth": True}, env={"PMTA_PIPE_NO_AUTH": "0"}).no_auth is True
+    with pytest.raises(ConfigError, match="PMTA_PIPE_NO_AUTH"):
+        resolve({}, env={"PMTA_PIPE_NO_AUTH": "maybe"})

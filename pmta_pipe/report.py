@@ -79,6 +79,7 @@ class Report:
     having: str = ""
     grouped: bool = True
     numeric_keys: frozenset[str] = field(default_factory=frozenset)
+    time_column: str = "day"  # or "hour": a view by UTC hour, for the same whole days
 
 
 _TRAFFIC = "pmta.daily_counts WHERE {where}"
@@ -151,6 +152,19 @@ REPORTS: dict[str, Report] = {
         ("provider",),
         (("deliveries", "sum(n)::bigint"), *_QUANTILES),
         "sum(n) DESC, provider", filters=frozenset({"filter_source", "domain"}),
+    ),
+    "warmup": Report(
+        "pmta.warmup_progress WHERE {where}",
+        ("day", "dlv_source_ip", "provider", "vmta_pool", "sending_day", "sent", "planned",
+         "over_plan"),
+        (), "day, dlv_source_ip, provider NULLS FIRST", filters=frozenset(), grouped=False,
+        numeric_keys=frozenset({"sending_day", "sent", "planned"}),
+    ),
+    "alerts-hourly": Report(
+        "pmta.ip_alerts_hourly WHERE {where}",
+        ("hour", "dlv_source_ip", "provider", "alert", "observed", "threshold", "attempts"),
+        (), "hour, dlv_source_ip, alert, provider", filters=frozenset(), grouped=False,
+        numeric_keys=frozenset({"observed", "threshold", "attempts"}), time_column="hour",
     ),
     "alerts": Report(
         "pmta.ip_alerts WHERE {where}",
@@ -249,6 +263,9 @@ def build_query(kind: str, filters: dict[str, str]) -> str:
     """The report's SQL; values are bound as %(name)s parameters."""
     spec = REPORTS[kind]
     where = ["day >= %(since)s", "day <= %(until)s"]
+    if spec.time_column == "hour":
+        where = ["hour >= (%(since)s::timestamp AT TIME ZONE 'UTC')",
+                 "hour < ((%(until)s + 1)::timestamp AT TIME ZONE 'UTC')"]  # fmt: skip
     where += [f"{FILTERS[name][1]} = %({name})s" for name in FILTERS if name in filters]
     source = spec.relation.format(where=" AND ".join(where))
     select = [*spec.keys, *(f"{expr} AS {name}" for name, expr in spec.measures)]

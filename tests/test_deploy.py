@@ -146,7 +146,8 @@ def test_units_are_hardened() -> None:
     )
     services = [u for u in UNITS if u.suffix == ".service"]
     assert {u.name for u in services} == {
-        "pmta-pipe-replay.service", "pmta-pipe-prune.service", "pmta-pipe-serve.service"
+        "pmta-pipe-replay.service", "pmta-pipe-prune.service", "pmta-pipe-serve.service",
+        "pmta-pipe-alerts.service",
     }  # fmt: skip
     for unit in services:
         s = unit_settings(unit)
@@ -166,6 +167,12 @@ def test_units_are_hardened() -> None:
     assert serve["ReadWritePaths"] == [spool]
     assert serve["ExecStart"][0].split()[1:3] == ["serve", "--auth-file"]
     assert unit_settings(DEPLOY / "systemd" / "pmta-pipe-replay.timer")["OnUnitActiveSec"] == [
+        "5min"
+    ]
+    alerts = unit_settings(DEPLOY / "systemd" / "pmta-pipe-alerts.service")
+    assert alerts["ExecStart"][0].split()[1:] == ["alerts", "--since", "2h"]
+    assert alerts["SuccessExitStatus"] == ["3"] and "ReadWritePaths" not in alerts
+    assert unit_settings(DEPLOY / "systemd" / "pmta-pipe-alerts.timer")["OnUnitActiveSec"] == [
         "5min"
     ]
     prune = unit_settings(DEPLOY / "systemd" / "pmta-pipe-prune.service")

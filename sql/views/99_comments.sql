@@ -24,6 +24,8 @@ COMMENT ON VIEW pmta.ip_summary IS 'Per UTC day and sending IP: delivered, bounc
 COMMENT ON VIEW pmta.ip_provider_summary IS 'Per UTC day, sending IP and provider: delivered, bounced, deferred, attempts and rates';
 COMMENT ON VIEW pmta.ip_alerts IS 'Open alerts per UTC day and sending IP; thresholds and minimum volumes in pmta.alert_thresholds';
 COMMENT ON VIEW pmta.time_to_deliver IS 'Per UTC day and provider: deliveries and p50/p90/p99 seconds from queued to delivered, interpolated from a histogram (exact below 64 s, within 6.25 % above)';
+COMMENT ON VIEW pmta.warmup_progress IS 'Per UTC day, sending IP and warm-up plan scope (a provider, or NULL for all): the sending day number (days with messages only), messages sent (delivered + bounced) and the plan''s cap (pmta.warmup_plans)';
+COMMENT ON VIEW pmta.ip_alerts_hourly IS 'Open alerts per UTC hour and sending IP: bounce rate, deferral rate at a provider, stopped delivering, warm-up day over plan; thresholds in pmta.alert_thresholds (the *_hourly rows and warmup_over_plan)';
 
 DO $$
 DECLARE
@@ -71,6 +73,17 @@ BEGIN
         ('*', 'alert', 'Alert name, as in pmta.alert_thresholds'),
         ('*', 'observed', 'Observed value: the rate (0..1), or the deliveries of the day for ip_stopped_delivering'),
         ('*', 'threshold', 'Threshold from pmta.alert_thresholds'),
+        ('warmup_progress', 'provider', 'Provider of the plan (as in pmta.mailbox_providers); NULL: the plan counts all providers together'),
+        ('warmup_progress', 'vmta_pool', 'The pool whose plan applies to this IP; NULL when the IP has a plan of its own'),
+        ('warmup_progress', 'sending_day', 'Sending day number: 1 for the IP''s first day with messages in the plan''s scope; days without a message do not count'),
+        ('warmup_progress', 'sent', 'Messages sent that day in the plan''s scope: delivered + bounced (one per message at its final outcome; deferrals are not messages)'),
+        ('warmup_progress', 'planned', 'Most messages the plan allows on this sending day (pmta.warmup_plans.max_messages); NULL when the plan has no row for this day'),
+        ('warmup_progress', 'over_plan', 'sent > planned'),
+        ('ip_alerts_hourly', 'hour', 'Start of the UTC hour of timeLogged'),
+        ('ip_alerts_hourly', 'provider', 'Provider for ip_provider_deferral_rate_hourly and a per-provider warm-up plan; NULL for the alerts over all providers'),
+        ('ip_alerts_hourly', 'observed', 'The rate (0..1); the deliveries of the hour for ip_stopped_delivering_hourly; the messages sent that UTC day up to the end of the hour for warmup_over_plan'),
+        ('ip_alerts_hourly', 'threshold', 'Threshold from pmta.alert_thresholds; for warmup_over_plan, the plan''s messages times that threshold'),
+        ('ip_alerts_hourly', 'attempts', 'Attempts (delivered + bounced + deferred) of the hour the rate is computed on; for warmup_over_plan, the messages of the hour'),
         ('delivery_summary', 'bounce_rate', 'bounced / (delivered + bounced), 0..1 (= 1 - delivery_rate); NULL when both are 0'),
         ('job_summary', 'bounce_rate', 'bounced / (delivered + bounced), 0..1 (= 1 - delivery_rate); NULL when both are 0'),
         ('bounce_categories', 'n', 'Bounces (b records) of this category'),

@@ -240,3 +240,19 @@ def test_a_torn_last_json_object(cli_env: dict[str, str], conn: Conn, tmp_path: 
     summary = imported(cli_env, old)
     assert summary["inserted"] == 1
     assert (events(conn), rejects(conn)) == (300, 0)
+
+
+def test_rejects_retry_reads_json_rejects_as_json(cli_env: dict[str, str], conn: Conn) -> None:
+    good = b'{"type":"d","timeLogged":"2026-01-15 14:23:11+0000","rcpt":"a@b.c"}'
+    data = (
+        b"\n".join([good, b"42", b'{"rcpt":"no type"}', b"[1, 2]", b'{"type":"d","rcpt":']) + b"\n"
+    )
+    proc = run_cli(["ingest"], cli_env, input=data)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert (events(conn), rejects(conn)) == (1, 4)
+    before = conn.execute("SELECT raw_line, reason FROM pmta.rejects ORDER BY position").fetchall()
+    proc = run_cli(["rejects", "retry"], cli_env)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert (events(conn), rejects(conn)) == (1, 4)  # none becomes an event, none is lost
+    after = conn.execute("SELECT raw_line, reason FROM pmta.rejects ORDER BY position").fetchall()
+    assert after == before

@@ -39,9 +39,10 @@ swallows the next good one:
 The blind spots: an object nested in a value that starts a line of its own (as
 ``json.dumps(indent=...)`` writes an object inside an array) is taken for a new
 record, so such an object (rejected anyway: values are strings) makes two rejects;
-and a line of a JSON stream that is no JSON at all and holds no comma (``hello``)
-is read as a CSV record, as it would be in a CSV stream (a record's format is
-decided by its own text).
+and a line of a JSON stream that is no JSON at all (``hello``, ``d,2026-...``) is
+read as a CSV record, as it would be in a CSV stream (with a comma usually an
+unreadable ``timeLogged``, without one an event of that odd type): a record's format
+is decided by its own text.
 
 The record limit. An object that reaches ``max_record_bytes`` (its bytes so far, blank
 lines inside it included) is handed on as its first ``max_record_bytes`` (the parser

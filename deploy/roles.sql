@@ -70,6 +70,34 @@
 -- run first revokes every privilege of the reader (and of PUBLIC) on the relations
 -- of pmta, then grants, so a view that stops qualifying is taken back.
 --
+-- Schema pmta_report (sql/views/99_report_schema.sql) holds the report views alone:
+-- pmta_report.X is SELECT * FROM pmta.X, for every view X of pmta but the rollup
+-- views, so that a BI tool that lists a schema (Superset, Metabase, SQLAlchemy's
+-- inspector) lists only what the reader may query. The reader gets USAGE on it, and
+-- its views by the rule above (each reads the view of pmta of its name, so it
+-- qualifies or not as that one does); the analyst gets all of them.
+--
+-- Time zone of BI logins: the views compute every day and hour in UTC whatever the
+-- session's TimeZone, but a BI tool's own day grain (date_trunc('day', time)),
+-- current_date and the text of a timestamptz follow it: a login in
+-- America/Los_Angeles gets other "days" from the hourly views and day labels shifted
+-- by 8 hours. Each run sets timezone = 'UTC' for every LOGIN role that is a member of
+-- pmta_reader (directly, or through pmta_analyst), in this database only
+-- (ALTER ROLE ... IN DATABASE ... SET timezone = 'UTC'; a setting of a group role is
+-- not inherited, so it goes on each login), unless that login has it already. That
+-- needs CREATEROLE (PostgreSQL 16 and later: with ADMIN OPTION on the login) or a
+-- superuser; without it, this file says which login keeps its zone (WARNING) and
+-- how to set it. Run this file again after creating a login, or set it yourself:
+--
+--     CREATE ROLE superset LOGIN IN ROLE pmta_reader;  \password superset
+--     ALTER ROLE superset IN DATABASE pmta SET timezone = 'UTC';
+--
+-- Functions the reader's views call: a view calls functions with the caller's
+-- rights, so pmta.ip_delivered_on (ip_alerts), which reads the daily rollup the reader
+-- may not read, runs with its owner's rights (SECURITY DEFINER, sql/views/40_ips.sql);
+-- like every SECURITY DEFINER function of pmta it is revoked from PUBLIC and granted
+-- to the writer, and this one to the reader too (reader_functions).
+--
 -- Role names can be changed with psql variables (roles are cluster-wide, so two
 -- databases on one server can use different names):
 --
@@ -81,6 +109,7 @@
 --
 --     CREATE ROLE grafana LOGIN IN ROLE pmta_reader;  \password grafana
 --     CREATE ROLE metabase LOGIN IN ROLE pmta_reader; \password metabase
+--     CREATE ROLE superset LOGIN IN ROLE pmta_reader; \password superset
 --     CREATE ROLE alice LOGIN IN ROLE pmta_analyst;   \password alice
 --     CREATE ROLE pmta_ingest LOGIN IN ROLE pmta_writer; \password pmta_ingest
 --
@@ -142,6 +171,10 @@ DECLARE
                                               'pmta.alert_thresholds', 'pmta.rollup_state',
                                               'pmta.rollup_invalidations',
                                               'pmta.blocklist_patterns'];
+    -- SECURITY DEFINER functions the reader's views call (see the head of this file)
+    reader_functions constant text[] := ARRAY['pmta.ip_delivered_on(date,inet)'];
+    -- the schemas whose views the reader may be given
+    report_schemas  text[] := ARRAY['pmta'];
     owner   text;
     r       record;
     t       text;
@@ -151,6 +184,9 @@ BEGIN
             USING HINT = 'run pmta-pipe migrate first, as the schema owner';
     END IF;
     SELECT nspowner::regrole::text INTO owner FROM pg_namespace WHERE nspname = 'pmta';
+    IF to_regnamespace('pmta_report') IS NOT NULL THEN
+        report_schemas := report_schemas || 'pmta_report'::text;
+    END IF;
 
     -- group roles ------------------------------------------------------------
     FOREACH t IN ARRAY ARRAY[reader, writer, analyst] LOOP
@@ -175,6 +211,9 @@ BEGIN
     -- schema -------------------------------------------------------------------
     EXECUTE format('GRANT USAGE ON SCHEMA pmta TO %I, %I', reader, writer);
     EXECUTE format('GRANT CREATE ON SCHEMA pmta TO %I', writer);
+    IF 'pmta_report' = ANY (report_schemas) THEN
+        EXECUTE format('GRANT USAGE ON SCHEMA pmta_report TO %I', reader);
+    END IF;
 
     -- writer: every table and sequence of the schema, today and later ---------------
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA pmta TO %I',
@@ -206,9 +245,16 @@ BEGIN
         EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', r.fn);
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', r.fn, writer);
     END LOOP;
+    FOREACH t IN ARRAY reader_functions LOOP
+        IF to_regprocedure(t) IS NOT NULL THEN
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', to_regprocedure(t), reader);
+        END IF;
+    END LOOP;
 
     -- reader: nothing but what is granted below, on every run ---------------------
-    EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA pmta FROM %I, PUBLIC', reader);
+    FOREACH t IN ARRAY report_schemas LOOP
+        EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA %I FROM %I, PUBLIC', t, reader);
+    END LOOP;
 
     -- reader: the views whose every column is known to be address-free -----------
     FOR r IN
@@ -239,11 +285,11 @@ BEGIN
                                 OR (c.relname || '.' || a.attname = ANY (address_free_text)
                                     AND c.oid IN (SELECT oid FROM masking))))) AS unknown
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE n.nspname = 'pmta' AND c.relkind IN ('v', 'm')
+        WHERE n.nspname = ANY (report_schemas) AND c.relkind IN ('v', 'm')
           -- the rollup views (pmta.rollup_*, migration 0009) stand for the rollup
           -- tables: raw texts, for pmta_analyst only; the reader reads the views on them
           AND c.relname NOT LIKE 'rollup\_%'
-        ORDER BY c.relname
+        ORDER BY n.nspname, c.relname
     LOOP
         IF r.unknown IS NULL THEN
             EXECUTE format('GRANT SELECT ON %s TO %I', r.rel, reader);
@@ -262,7 +308,37 @@ BEGIN
     END LOOP;
 
     -- analyst: every table and view, personal data included (read only) -----------
-    EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA pmta TO %I', analyst);
+    FOREACH t IN ARRAY report_schemas LOOP
+        EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA %I TO %I', t, analyst);
+    END LOOP;
+
+    -- BI logins: timezone UTC in this database (see the head of this file) -----------
+    FOR r IN
+        WITH RECURSIVE members(oid) AS (
+            SELECT oid FROM pg_roles WHERE rolname = reader
+            UNION
+            SELECT am.member FROM pg_auth_members am JOIN members m ON am.roleid = m.oid
+        )
+        SELECT ro.rolname
+        FROM pg_roles ro JOIN members m ON m.oid = ro.oid
+        WHERE ro.rolcanlogin AND NOT ro.rolsuper
+          AND NOT EXISTS (
+              SELECT 1 FROM pg_db_role_setting s
+              JOIN pg_database d ON d.oid = s.setdatabase AND d.datname = current_database()
+              WHERE s.setrole = ro.oid
+                AND 'timezone=utc' = ANY (SELECT lower(c) FROM unnest(s.setconfig) AS c))
+        ORDER BY ro.rolname
+    LOOP
+        BEGIN
+            EXECUTE format('ALTER ROLE %I IN DATABASE %I SET timezone = %L',
+                           r.rolname, current_database(), 'UTC');
+        EXCEPTION WHEN insufficient_privilege THEN
+            RAISE WARNING 'login % keeps its own time zone: % may not change its settings',
+                r.rolname, current_user
+                USING HINT = format('as a superuser: ALTER ROLE %I IN DATABASE %I '
+                                    'SET timezone = ''UTC''', r.rolname, current_database());
+        END;
+    END LOOP;
 END
 $roles$;
 

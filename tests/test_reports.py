@@ -181,7 +181,11 @@ def test_delivery_by_domain_and_provider(loaded: Conn) -> None:
 
 
 def test_ip_summaries(loaded: Conn) -> None:
-    got = rows(loaded, "SELECT * FROM pmta.ip_summary ORDER BY day, dlv_source_ip")
+    got = rows(
+        loaded,
+        "SELECT day, dlv_source_ip, delivered, bounced, deferred, attempts, bounce_rate,"
+        " deferral_rate FROM pmta.ip_summary ORDER BY day, dlv_source_ip",
+    )
     assert same(
         got,
         [
@@ -191,7 +195,9 @@ def test_ip_summaries(loaded: Conn) -> None:
         ],
     )
     got = rows(
-        loaded, "SELECT * FROM pmta.ip_provider_summary ORDER BY day, dlv_source_ip, provider"
+        loaded,
+        "SELECT day, dlv_source_ip, provider, delivered, bounced, deferred, attempts, bounce_rate,"
+        " deferral_rate FROM pmta.ip_provider_summary ORDER BY day, dlv_source_ip, provider",
     )
     assert same(
         got,
@@ -332,7 +338,11 @@ def test_job_vmta_and_complaint_views(loaded: Conn) -> None:
             (D1, None, None, 5, 0, 0, 0, 0, 0, None, None, None),  # the r records
         ],
     )
-    got = rows(loaded, "SELECT * FROM pmta.complaints WHERE complaints > 0")
+    got = rows(
+        loaded,
+        "SELECT day, provider, job_id, dlv_source_ip, complaints, delivered, complaint_rate"
+        " FROM pmta.complaints WHERE complaints > 0",
+    )
     assert got == [(D1, "Gmail", "j1", IP1, 1, 6, 1 / 6)]
 
 
@@ -357,7 +367,11 @@ def test_delivery_bin_edges(conn: Conn) -> None:
 
 
 def test_hourly(loaded: Conn) -> None:
-    got = rows(loaded, "SELECT * FROM pmta.hourly ORDER BY time")
+    got = rows(
+        loaded,
+        "SELECT time, received, delivered, bounced, expired, deferred, complaints, remote_bounces"
+        " FROM pmta.hourly ORDER BY time",
+    )
     assert same(
         got,
         [
@@ -365,7 +379,11 @@ def test_hourly(loaded: Conn) -> None:
             (datetime(2026, 3, 2, 4, tzinfo=timezone.utc), 0, 1, 0, 0, 0, 0, 0),
         ],
     )
-    got = rows(loaded, "SELECT * FROM pmta.hourly_by_ip ORDER BY time, dlv_source_ip")
+    got = rows(
+        loaded,
+        "SELECT time, dlv_source_ip, delivered, bounced, deferred FROM pmta.hourly_by_ip"
+        " ORDER BY time, dlv_source_ip",
+    )
     assert same(
         got,
         [
@@ -434,7 +452,11 @@ def alert_rows() -> list[list[str]]:
 
 def test_ip_alerts(dsn: str, conn: Conn) -> None:
     assert load_bytes(dsn, to_bytes(alert_rows())) == 610
-    got = rows(conn, "SELECT * FROM pmta.ip_alerts")
+    got = rows(
+        conn,
+        "SELECT day, dlv_source_ip, provider, alert, observed, threshold, attempts"
+        " FROM pmta.ip_alerts",
+    )
     assert same(got, [
         (D2, "10.9.9.8", None, "ip_bounce_rate", 0.03, 0.02, 100),
         (D2, "10.9.9.9", "Gmail", "ip_provider_deferral_rate", 1.0, 0.1, 150),

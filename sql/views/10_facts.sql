@@ -4,6 +4,12 @@
 -- Texts that can quote an e-mail address (job ids, diagnostic patterns and examples)
 -- pass through pmta.mask_addresses here, so no view built on these shows one; the
 -- raw texts stay in the rollup tables, for pmta_analyst (docs/security.md).
+--
+-- Every day is the UTC day and every time the start of a UTC hour, whatever the
+-- session's TimeZone: buckets are cast with AT TIME ZONE 'UTC', never ::date alone.
+-- A view with dlv_source_ip (inet) also has dlv_source_ip_text, host(dlv_source_ip),
+-- last: BI tools filter text with "contains" / LIKE, which inet does not take
+-- (CREATE OR REPLACE VIEW can only append columns).
 
 -- daily_counts: one row per rollup_daily row, not grouped, its count in the column of
 -- its type. The report views sum it with their own few keys, which PostgreSQL hashes
@@ -28,7 +34,8 @@ SELECT (r.bucket AT TIME ZONE 'UTC')::date                 AS day,
             THEN r.n ELSE 0 END                            AS expired,
        CASE WHEN r.record_type = 't' THEN r.n ELSE 0 END   AS deferred,
        CASE WHEN r.record_type = 'f' THEN r.n ELSE 0 END   AS complaints,
-       CASE WHEN r.record_type = 'rb' THEN r.n ELSE 0 END  AS remote_bounces
+       CASE WHEN r.record_type = 'rb' THEN r.n ELSE 0 END  AS remote_bounces,
+       host(nullif(r.dlv_source_ip, '0.0.0.0'::inet))      AS dlv_source_ip_text
 FROM pmta.rollup_daily r
 LEFT JOIN pmta.mailbox_providers mp ON mp.domain = r.rcpt_domain;
 
@@ -40,7 +47,8 @@ SELECT day, source, rcpt_domain, provider, dlv_source_ip, vmta, vmta_pool, job_i
        sum(expired)::bigint        AS expired,
        sum(deferred)::bigint       AS deferred,
        sum(complaints)::bigint     AS complaints,
-       sum(remote_bounces)::bigint AS remote_bounces
+       sum(remote_bounces)::bigint AS remote_bounces,
+       host(dlv_source_ip)         AS dlv_source_ip_text
 FROM pmta.daily_counts
 GROUP BY day, source, rcpt_domain, provider, dlv_source_ip, vmta, vmta_pool, job_id;
 
@@ -48,7 +56,8 @@ CREATE OR REPLACE VIEW pmta.daily_bounces AS
 SELECT day, source, rcpt_domain, provider, dlv_source_ip, vmta, vmta_pool, job_id,
        bounce_cat, bounce_class,
        sum(bounced)::bigint        AS bounced,
-       sum(remote_bounces)::bigint AS remote_bounces
+       sum(remote_bounces)::bigint AS remote_bounces,
+       host(dlv_source_ip)         AS dlv_source_ip_text
 FROM pmta.daily_counts
 WHERE record_type IN ('b', 'rb')
 GROUP BY day, source, rcpt_domain, provider, dlv_source_ip, vmta, vmta_pool, job_id,
@@ -67,7 +76,9 @@ SELECT r.bucket                                            AS time,
                                    AND r.bounce_cat = 'message-expired'), 0)::bigint AS expired,
        coalesce(sum(r.n) FILTER (WHERE r.record_type = 't'), 0)::bigint  AS deferred,
        coalesce(sum(r.n) FILTER (WHERE r.record_type = 'f'), 0)::bigint  AS complaints,
-       coalesce(sum(r.n) FILTER (WHERE r.record_type = 'rb'), 0)::bigint AS remote_bounces
+       coalesce(sum(r.n) FILTER (WHERE r.record_type = 'rb'), 0)::bigint AS remote_bounces,
+       (r.bucket AT TIME ZONE 'UTC')::date                 AS day,
+       host(nullif(r.dlv_source_ip, '0.0.0.0'::inet))      AS dlv_source_ip_text
 FROM pmta.rollup_hourly r
 LEFT JOIN pmta.mailbox_providers mp ON mp.domain = r.rcpt_domain
 GROUP BY r.bucket, r.source, r.rcpt_domain, mp.provider, r.dlv_source_ip;
@@ -84,7 +95,8 @@ SELECT (r.bucket AT TIME ZONE 'UTC')::date                 AS day,
        pmta.mask_addresses(nullif(r.pattern, ''))          AS pattern,
        coalesce(rule.category, 'unclassified')             AS category,
        r.n,
-       pmta.mask_addresses(r.example)                      AS example
+       pmta.mask_addresses(r.example)                      AS example,
+       host(nullif(r.dlv_source_ip, '0.0.0.0'::inet))      AS dlv_source_ip_text
 FROM pmta.rollup_diag r
 LEFT JOIN pmta.mailbox_providers mp ON mp.domain = r.rcpt_domain
 LEFT JOIN LATERAL (

@@ -1,4 +1,6 @@
 -- Delivery, bounce, job, VirtualMTA, complaint and hourly views (from the rollups).
+-- The hourly views carry day, the UTC day of time, after their counts: a BI tool's own
+-- day grain (date_trunc('day', time)) follows the session's TimeZone, day does not.
 
 CREATE OR REPLACE VIEW pmta.delivery_summary AS
 SELECT day,
@@ -78,7 +80,8 @@ CREATE OR REPLACE VIEW pmta.complaints AS
 SELECT day, provider, job_id, dlv_source_ip,
        sum(complaints)::bigint AS complaints,
        sum(delivered)::bigint  AS delivered,
-       pmta.rate(sum(complaints), sum(delivered)) AS complaint_rate
+       pmta.rate(sum(complaints), sum(delivered)) AS complaint_rate,
+       host(dlv_source_ip)                        AS dlv_source_ip_text
 FROM pmta.daily_counts
 GROUP BY day, provider, job_id, dlv_source_ip
 HAVING sum(complaints) > 0 OR sum(delivered) > 0;
@@ -91,7 +94,8 @@ SELECT time,
        sum(expired)::bigint        AS expired,
        sum(deferred)::bigint       AS deferred,
        sum(complaints)::bigint     AS complaints,
-       sum(remote_bounces)::bigint AS remote_bounces
+       sum(remote_bounces)::bigint AS remote_bounces,
+       (time AT TIME ZONE 'UTC')::date AS day
 FROM pmta.hourly_traffic
 GROUP BY time;
 
@@ -99,7 +103,9 @@ CREATE OR REPLACE VIEW pmta.hourly_by_ip AS
 SELECT time, dlv_source_ip,
        sum(delivered)::bigint AS delivered,
        sum(bounced)::bigint   AS bounced,
-       sum(deferred)::bigint  AS deferred
+       sum(deferred)::bigint  AS deferred,
+       (time AT TIME ZONE 'UTC')::date AS day,
+       host(dlv_source_ip)    AS dlv_source_ip_text
 FROM pmta.hourly_traffic
 GROUP BY time, dlv_source_ip
 HAVING sum(delivered) + sum(bounced) + sum(deferred) > 0;
@@ -108,7 +114,8 @@ CREATE OR REPLACE VIEW pmta.hourly_by_provider AS
 SELECT time, provider,
        sum(delivered)::bigint AS delivered,
        sum(bounced)::bigint   AS bounced,
-       sum(deferred)::bigint  AS deferred
+       sum(deferred)::bigint  AS deferred,
+       (time AT TIME ZONE 'UTC')::date AS day
 FROM pmta.hourly_traffic
 GROUP BY time, provider
 HAVING sum(delivered) + sum(bounced) + sum(deferred) > 0;

@@ -7,7 +7,8 @@ SELECT day, dlv_source_ip,
        sum(deferred)::bigint  AS deferred,
        (sum(delivered) + sum(bounced) + sum(deferred))::bigint AS attempts,
        pmta.rate(sum(bounced), sum(delivered) + sum(bounced) + sum(deferred))  AS bounce_rate,
-       pmta.rate(sum(deferred), sum(delivered) + sum(bounced) + sum(deferred)) AS deferral_rate
+       pmta.rate(sum(deferred), sum(delivered) + sum(bounced) + sum(deferred)) AS deferral_rate,
+       host(dlv_source_ip) AS dlv_source_ip_text
 FROM pmta.daily_counts
 GROUP BY day, dlv_source_ip
 HAVING sum(delivered) + sum(bounced) + sum(deferred) > 0;
@@ -19,7 +20,8 @@ SELECT day, dlv_source_ip, provider,
        sum(deferred)::bigint  AS deferred,
        (sum(delivered) + sum(bounced) + sum(deferred))::bigint AS attempts,
        pmta.rate(sum(bounced), sum(delivered) + sum(bounced) + sum(deferred))  AS bounce_rate,
-       pmta.rate(sum(deferred), sum(delivered) + sum(bounced) + sum(deferred)) AS deferral_rate
+       pmta.rate(sum(deferred), sum(delivered) + sum(bounced) + sum(deferred)) AS deferral_rate,
+       host(dlv_source_ip) AS dlv_source_ip_text
 FROM pmta.daily_counts
 GROUP BY day, dlv_source_ip, provider
 HAVING sum(delivered) + sum(bounced) + sum(deferred) > 0;
@@ -30,8 +32,13 @@ HAVING sum(delivered) + sum(bounced) + sum(deferred) > 0;
 -- candidate row: the same probe written as EXISTS in ip_alerts is estimated at the
 -- cost of the whole live tail per row, which pushes the plan over jit_above_cost
 -- (about a second of compiling, for a few ms of work).
+-- SECURITY DEFINER: a view calls functions with the caller's rights, and the caller is
+-- a BI login of pmta_reader, which may not read pmta.rollup_daily (raw job ids); the
+-- probe answers a yes or no about one IP and day, which ip_summary shows anyway.
+-- deploy/roles.sql lets the reader (and the writer) execute it, not PUBLIC.
 CREATE OR REPLACE FUNCTION pmta.ip_delivered_on(day date, ip inet) RETURNS boolean
-LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN EXISTS (SELECT 1 FROM pmta.rollup_daily prev
                    WHERE prev.bucket = (day::timestamp AT TIME ZONE 'UTC')
@@ -49,7 +56,7 @@ SELECT s.day, s.dlv_source_ip, s.provider, t.alert,
        CASE t.alert WHEN 'ip_bounce_rate' THEN s.bounce_rate
                     WHEN 'ip_provider_deferral_rate' THEN s.deferral_rate
                     ELSE s.delivered::double precision END AS observed,
-       t.threshold, s.attempts
+       t.threshold, s.attempts, host(s.dlv_source_ip) AS dlv_source_ip_text
 FROM (
     SELECT b.day, b.dlv_source_ip, CASE WHEN x.by_provider THEN b.provider END AS provider,
            x.by_provider, v.delivered::bigint AS delivered,

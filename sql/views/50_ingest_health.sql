@@ -26,7 +26,11 @@ SELECT
     coalesce(sum(b.rejected_by_database)
         FILTER (WHERE b.committed_at > now() - interval '1 hour'), 0)
                                                                AS rejected_by_database_last_hour,
-    max(b.committed_at)                                        AS last_any_commit_at
+    max(b.committed_at)                                        AS last_any_commit_at,
+    -- the moment the row describes, for BI tools that want a time column: not a
+    -- commit time, which would drop a silent host from a dashboard's time range
+    now()                                                      AS time,
+    (now() AT TIME ZONE 'UTC')::date                           AS day
 FROM pmta.ingest_batches AS b
 GROUP BY b.source;
 

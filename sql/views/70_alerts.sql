@@ -9,11 +9,21 @@
 -- sending day. The sending day counts only the days the IP sent a message in that
 -- scope, from its first one (a day without traffic does not age an IP at a provider).
 -- A plan for an IP wins over the plan of a pool it sent through, scope by scope; a
--- pool plan applies to every IP that ever sent through the pool, to all of each IP's
+-- pool plan applies to every IP that ever sent a message through the pool, to all of its
 -- traffic (the receiver sees the IP, not the pool); of two pools with a plan for the
 -- same IP and scope, the first by name. Rows stop after the plan's last day.
 CREATE OR REPLACE VIEW pmta.warmup_progress AS
-WITH scopes AS (
+WITH daily AS MATERIALIZED (
+    -- one pass over the daily rollup (its whole history: the sending day counts from an
+    -- IP's first message), and none at all while there is no plan
+    SELECT c.day, c.dlv_source_ip, c.provider, c.vmta_pool, sum(c.delivered + c.bounced) AS sent
+    FROM pmta.daily_counts c
+    WHERE c.record_type IN ('d', 'b')
+      AND c.dlv_source_ip IS NOT NULL
+      AND EXISTS (SELECT 1 FROM pmta.warmup_plans)
+    GROUP BY c.day, c.dlv_source_ip, c.provider, c.vmta_pool
+),
+scopes AS (
     SELECT DISTINCT p.dlv_source_ip, p.provider, p.dlv_source_ip AS plan_ip,
            NULL::text AS plan_pool
     FROM pmta.warmup_plans p
@@ -22,23 +32,14 @@ WITH scopes AS (
     SELECT * FROM (
         SELECT DISTINCT ON (i.dlv_source_ip, p.provider)
                i.dlv_source_ip, p.provider, NULL::inet AS plan_ip, p.vmta_pool AS plan_pool
-        FROM (SELECT DISTINCT c.dlv_source_ip, c.vmta_pool
-              FROM pmta.daily_counts c
-              WHERE c.dlv_source_ip IS NOT NULL
-                AND c.vmta_pool IN (SELECT q.vmta_pool FROM pmta.warmup_plans q)) i
+        FROM (SELECT DISTINCT d.dlv_source_ip, d.vmta_pool FROM daily d
+              WHERE d.sent > 0 AND d.vmta_pool IN (SELECT q.vmta_pool FROM pmta.warmup_plans q)) i
         JOIN pmta.warmup_plans p ON p.vmta_pool = i.vmta_pool
         WHERE NOT EXISTS (SELECT 1 FROM pmta.warmup_plans o
                           WHERE o.dlv_source_ip = i.dlv_source_ip
                             AND o.provider IS NOT DISTINCT FROM p.provider)
         ORDER BY i.dlv_source_ip, p.provider, p.vmta_pool
     ) pooled
-),
-sent AS (
-    SELECT c.day, c.dlv_source_ip, c.provider, sum(c.delivered + c.bounced) AS sent
-    FROM pmta.daily_counts c
-    WHERE c.record_type IN ('d', 'b')
-      AND c.dlv_source_ip IN (SELECT s.dlv_source_ip FROM scopes s)
-    GROUP BY c.day, c.dlv_source_ip, c.provider
 ),
 numbered AS (
     SELECT x.day, x.dlv_source_ip, x.provider, x.plan_ip, x.plan_pool, x.sent,
@@ -47,7 +48,7 @@ numbered AS (
     FROM (
         SELECT d.day, s.dlv_source_ip, s.provider, s.plan_ip, s.plan_pool, sum(d.sent) AS sent
         FROM scopes s
-        JOIN sent d ON d.dlv_source_ip = s.dlv_source_ip
+        JOIN daily d ON d.dlv_source_ip = s.dlv_source_ip
                    AND (s.provider IS NULL OR d.provider = s.provider)
         GROUP BY d.day, s.dlv_source_ip, s.provider, s.plan_ip, s.plan_pool
         HAVING sum(d.sent) > 0

@@ -347,3 +347,25 @@ def test_report_alerts_hourly(dsn: str, conn: Conn, cli_env: dict[str, str]) -> 
     later = run_cli(["report", "alerts-hourly", "--since", "2026-03-02", "--until", "2026-03-03",
                      "--fail-on-alert"], cli_env)  # fmt: skip
     assert later.returncode == EX_OK and later.stdout.decode().endswith("(no rows)\n")
+
+
+def test_blocklist_hits_are_daily_alerts(dsn: str, conn: Conn, receiver: Receiver) -> None:
+    diag = (
+        f"smtp;554 5.7.1 Service unavailable; Client host [{IP1}] blocked using"
+        f" zen.spamhaus.org; https://www.spamhaus.org/query/ip/{IP1} <alice@example.com>"
+    )
+    listed = [rec("b", at(9, i), f"bl{i}@example.com", dlvSourceIp=IP1, vmtaPool="main",
+                  dsnStatus="5.7.1 (blocked)", dsnDiag=diag, bounceCat="spam-related")
+              for i in range(3)]  # fmt: skip
+    assert load_bytes(dsn, to_bytes(listed)) == 3
+    got = alerts.run_alerts(conn, SINCE, NOW, lambda t: notify.post_webhook(receiver.url, t))
+    hits = [a for a in got.opened if a.alert == "blocklist_hit"]
+    assert [(a.dlv_source_ip, a.provider, a.detail, a.observed, a.grain) for a in hits] == [
+        (IP1, "example.com", "Spamhaus ZEN", 3.0, "day")
+    ]
+    text = receiver.bodies[0]["text"]
+    assert (
+        f"OPEN blocklist_hit {IP1} at example.com on Spamhaus ZEN: observed 3 (day 2026-03-01"
+        in text
+    )
+    assert "@" not in text and "alice" not in text

@@ -46,6 +46,7 @@ SERVE = (
 REPORTS = (
     "summary", "domains", "providers", "deferrals", "patterns", "ips", "alerts",
     "bounces", "jobs", "vmtas", "complaints", "delivery-times", "warmup", "alerts-hourly",
+    "blocklists",
 )  # fmt: skip
 
 

@@ -1,8 +1,8 @@
 """Terminal reports from the SQL views (``pmta-pipe report KIND``).
 
 Each report kind is a fixed ``Report``: the fact view it reads (``pmta.daily_counts``,
-``pmta.daily_diag``, ``pmta.delivery_time_histogram`` or ``pmta.ip_alerts``: all
-answered from the rollups), the columns it groups by, the
+``pmta.daily_diag``, ``pmta.delivery_time_histogram``, ``pmta.ip_alerts`` or
+``pmta.blocklist_hits``: all answered from the rollups), the columns it groups by, the
 measures it computes (the same ``sum``/``pmta.rate`` definitions as the views in
 ``sql/views``), and the filters that make sense for it. A filter a report cannot
 honour (its view has no such dimension) is a one-line error naming those it can.
@@ -77,6 +77,7 @@ class Report:
     order: str
     filters: frozenset[str] = ALL_FILTERS
     having: str = ""
+    text_measures: frozenset[str] = field(default_factory=frozenset)  # left-aligned
     grouped: bool = True
     numeric_keys: frozenset[str] = field(default_factory=frozenset)
     time_column: str = "day"  # or "hour": a view by UTC hour, for the same whole days
@@ -145,6 +146,16 @@ REPORTS: dict[str, Report] = {
         _DEFERRALS, ("provider", "pattern", "category"),
         (("n", "sum(n)::bigint"), ("example", "min(example)")),
         "sum(n) DESC, provider, pattern", filters=_DIAG_FILTERS,
+    ),
+    "blocklists": Report(
+        "pmta.blocklist_hits WHERE {where}", ("dlv_source_ip", "provider", "blocklist"),
+        (("n", "sum(n)::bigint"), ("deferred", "sum(deferred)::bigint"),
+         ("bounced", "sum(bounced)::bigint"), ("queue_deferrals", "sum(queue_deferrals)::bigint"),
+         ("remote_bounces", "sum(remote_bounces)::bigint"), ("first_day", "min(day)"),
+         ("last_day", "max(day)"), ("lookup_url", "min(lookup_url)"),
+         ("example", "min(example)")),
+        "sum(n) DESC, blocklist, dlv_source_ip, provider", filters=frozenset(),
+        text_measures=frozenset({"lookup_url", "example"}),
     ),
     "delivery-times": Report(
         "(SELECT provider, bin::integer AS bin, sum(n)::bigint AS n"
@@ -330,7 +341,10 @@ def render(kind: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]], f
         w.writerows([[_csv_cell(v) for v in r] for r in rows])
         return buf.getvalue()
     spec = REPORTS[kind]
-    numeric = [c not in spec.keys or c in spec.numeric_keys for c in columns]
+    numeric = [
+        (c not in spec.keys or c in spec.numeric_keys) and c not in spec.text_measures
+        for c in columns
+    ]
     text = format_table(
         columns, [[_cell(c, v) for c, v in zip(columns, r, strict=True)] for r in rows], numeric
     )

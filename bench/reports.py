@@ -57,7 +57,7 @@ VIEWS: list[tuple[str, str]] = [
         "delivery_summary", "delivery_by_domain", "delivery_by_provider", "deferral_codes",
         "deferral_patterns", "diag_patterns", "ip_summary", "ip_provider_summary",
         "ip_alerts", "bounce_categories", "job_summary", "vmta_summary", "complaints",
-        "time_to_deliver")),
+        "time_to_deliver", "blocklist_hits")),
     *((v, "time") for v in ("hourly", "hourly_by_ip", "hourly_by_provider")),
     ("warmup_progress", "day"), ("ip_alerts_hourly", "hour"),
     *((v, "day") for v in (

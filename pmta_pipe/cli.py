@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "csv", "json"), default="table",
                    help="output format (default table)")  # fmt: skip
     p.add_argument("--fail-on-alert", action="store_true",
-                   help="with 'alerts' or 'alerts-hourly': exit 3 when an alert is open")  # fmt: skip
+                   help="with 'alerts' or 'alerts-hourly': exit 3 when an alert is"
+                   " open")  # fmt: skip
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("alerts", help="evaluate the alerts, notify each opening and closing once"

@@ -30,6 +30,7 @@ from typing import Any
 
 import psycopg
 
+from pmta_pipe.errors import PmtaPipeError
 from pmta_pipe.notify import mask_addresses
 
 log = logging.getLogger(__name__)
@@ -231,6 +232,10 @@ def run_alerts(
     the changes to notify for the next run and propagates. Without one, the changes
     count as notified (the caller prints them)."""
     result = AlertsResult(since, now)
+    found = conn.execute("SELECT to_regclass('pmta.alert_log') IS NOT NULL").fetchone()
+    if not found or not found[0]:
+        raise PmtaPipeError("the database has no pmta.alert_log (its schema is older)",
+                            "run 'pmta-pipe migrate' first")  # fmt: skip
     conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
     try:
         seen = evaluate(conn, since, now)

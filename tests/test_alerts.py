@@ -369,3 +369,14 @@ def test_blocklist_hits_are_daily_alerts(dsn: str, conn: Conn, receiver: Receive
         in text
     )
     assert "@" not in text and "alice" not in text
+
+
+def test_a_schema_without_the_alert_log_is_one_line(
+    empty_dsn: str, cli_env: dict[str, str]
+) -> None:
+    proc = run_cli(["alerts"], {**cli_env, "PMTA_PIPE_DSN": empty_dsn})
+    assert proc.returncode == 1
+    assert proc.stderr.decode().splitlines()[-1] == (
+        "error: the database has no pmta.alert_log (its schema is older)"
+        " (hint: run 'pmta-pipe migrate' first)"
+    )

@@ -256,3 +256,18 @@ def test_rejects_retry_reads_json_rejects_as_json(cli_env: dict[str, str], conn:
     assert (events(conn), rejects(conn)) == (1, 4)  # none becomes an event, none is lost
     after = conn.execute("SELECT raw_line, reason FROM pmta.rejects ORDER BY position").fetchall()
     assert after == before
+
+
+def test_numbers_null_and_booleans_load_as_their_text(cli_env: dict[str, str], conn: Conn) -> None:
+    data = (
+        b'{"type": "d", "timeLogged": 1768486991, "dlvSize": 4096, "totalSecondsQueued": 12,'
+        b' "rcpt": "a@b.c", "dsnMta": null, "x-flag": true, "x-ratio": 0.25}\n'
+    )
+    proc = run_cli(["ingest"], cli_env, input=data)
+    assert proc.returncode == 0, proc.stderr.decode()
+    row = conn.execute(
+        "SELECT time_logged = '2026-01-15 14:23:11+00', dlv_size, total_seconds_queued, dsn_mta,"
+        " extra FROM pmta.events"
+    ).fetchone()
+    assert row == (True, 4096, 12, None, {"x-flag": "true", "x-ratio": "0.25"})
+    assert rejects(conn) == 0

@@ -42,9 +42,11 @@ COMMENT ON FUNCTION pmta.blocklist_match(text) IS
 -- A hit is a t, tq, b or rb record whose reply names a list. pmta.rollup_diag keeps,
 -- per day, host, type, domain, IP, VirtualMTA, reply code and normalized pattern, the
 -- count and the smallest raw reply of the group (example): the rows are grouped by
--- day, IP, provider, type and that raw reply first, and the patterns are matched once
--- per group (a day holds each reply in many rollup rows: one per host, domain,
--- VirtualMTA and code), not per row. The raw reply rather than the normalized pattern,
+-- day and that raw reply first (their IPs, providers, types and counts in arrays), and
+-- the patterns are matched once per day and reply (a day holds each reply in many
+-- rollup rows: one per host, domain, IP, VirtualMTA and code), not per row; the arrays
+-- are unnested afterwards. The day is the grouping key, so a filter on it reaches the
+-- rollup's scan. The raw reply rather than the normalized pattern,
 -- because the normalization replaces the URLs and the long tokens that often are
 -- the only place a list is named (https://ipcheck.proofpoint.com/?ip=...,
 -- dnsbl-1.uceprotect.net). A group is decided by its example: its records differ
@@ -52,31 +54,34 @@ COMMENT ON FUNCTION pmta.blocklist_match(text) IS
 -- which names the same list for the replies of one receiver. The patterns are tried
 -- only on the groups whose reply contains one of their keywords (migration 0016).
 CREATE OR REPLACE VIEW pmta.blocklist_hits AS
-SELECT g.day, g.dlv_source_ip, g.provider, m.blocklist,
-       sum(g.n)::bigint                                          AS n,
-       coalesce(sum(g.n) FILTER (WHERE g.record_type = 't'), 0)::bigint  AS deferred,
-       coalesce(sum(g.n) FILTER (WHERE g.record_type = 'b'), 0)::bigint  AS bounced,
-       coalesce(sum(g.n) FILTER (WHERE g.record_type = 'tq'), 0)::bigint AS queue_deferrals,
-       coalesce(sum(g.n) FILTER (WHERE g.record_type = 'rb'), 0)::bigint AS remote_bounces,
-       min(pmta.mask_addresses(g.example))                       AS example,
+SELECT d.day, u.dlv_source_ip, u.provider, m.blocklist,
+       sum(u.n)::bigint                                          AS n,
+       coalesce(sum(u.n) FILTER (WHERE u.record_type = 't'), 0)::bigint  AS deferred,
+       coalesce(sum(u.n) FILTER (WHERE u.record_type = 'b'), 0)::bigint  AS bounced,
+       coalesce(sum(u.n) FILTER (WHERE u.record_type = 'tq'), 0)::bigint AS queue_deferrals,
+       coalesce(sum(u.n) FILTER (WHERE u.record_type = 'rb'), 0)::bigint AS remote_bounces,
+       min(pmta.mask_addresses(d.example))                       AS example,
        min(pmta.mask_addresses(m.lookup_url))                    AS lookup_url,
-       host(g.dlv_source_ip)                                     AS dlv_source_ip_text
+       host(u.dlv_source_ip)                                     AS dlv_source_ip_text
 FROM (
-    SELECT (r.bucket AT TIME ZONE 'UTC')::date                AS day,
-           nullif(r.dlv_source_ip, '0.0.0.0'::inet)           AS dlv_source_ip,
-           coalesce(mp.provider, nullif(r.rcpt_domain, ''))   AS provider,
-           r.record_type,
+    -- one row per day and raw reply, its rollup rows' keys and counts in arrays
+    SELECT (r.bucket AT TIME ZONE 'UTC')::date                              AS day,
            r.example,
-           sum(r.n)                                           AS n
+           array_agg(nullif(r.dlv_source_ip, '0.0.0.0'::inet))              AS ips,
+           array_agg(coalesce(mp.provider, nullif(r.rcpt_domain, '')))      AS providers,
+           array_agg(r.record_type)                                         AS types,
+           array_agg(r.n)                                                   AS ns
     FROM pmta.rollup_diag r
     LEFT JOIN pmta.mailbox_providers mp ON mp.domain = r.rcpt_domain
     WHERE r.example IS NOT NULL
-    GROUP BY 1, 2, 3, 4, 5
-) g
-CROSS JOIN LATERAL pmta.blocklist_match(g.example) m
+    GROUP BY 1, 2
+) d
+CROSS JOIN LATERAL pmta.blocklist_match(d.example) m
+CROSS JOIN LATERAL unnest(d.ips, d.providers, d.types, d.ns)
+    AS u(dlv_source_ip, provider, record_type, n)
 -- most replies name no list: ruled out by a substring test, the patterns not tried
-WHERE coalesce(lower(g.example) LIKE ANY (CAST((SELECT pmta.blocklist_prefilter()) AS text[])), true)
-GROUP BY g.day, g.dlv_source_ip, g.provider, m.blocklist;
+WHERE coalesce(lower(d.example) LIKE ANY (CAST((SELECT pmta.blocklist_prefilter()) AS text[])), true)
+GROUP BY d.day, u.dlv_source_ip, u.provider, m.blocklist;
 
 COMMENT ON VIEW pmta.blocklist_hits IS
     'Per UTC day, sending IP, provider and block list (pmta.blocklist_patterns): t, tq, b and rb '

@@ -271,3 +271,16 @@ def test_numbers_null_and_booleans_load_as_their_text(cli_env: dict[str, str], c
     ).fetchone()
     assert row == (True, 4096, 12, None, {"x-flag": "true", "x-ratio": "0.25"})
     assert rejects(conn) == 0
+
+
+def test_the_pipe_ending_inside_a_json_object(cli_env: dict[str, str], conn: Conn) -> None:
+    first = b'{"type":"d","timeLogged":"2026-01-15 14:23:11+0000","rcpt":"a@b.c"}'
+    last = b'{"type":"b","timeLogged":"2026-01-15 14:23:12+0000","rcpt":"d@e.f"}'
+    proc = run_cli(["ingest"], cli_env, input=first + b"\n" + last[:-9])  # cut inside it
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert (events(conn), rejects(conn)) == (1, 1)
+    reason = conn.execute("SELECT reason FROM pmta.rejects").fetchone()
+    assert reason == (TORN,)
+    proc = run_cli(["ingest"], cli_env, input=first + b"\n" + last)  # closed: whole, no break
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert events(conn) == 2

@@ -64,6 +64,8 @@ class Lane:
     parser: RecordParser
     #: called in the loader thread after each of this lane's batches is committed
     on_committed: Callable[[SpooledBatch | None, LoadResult], None] | None = None
+    #: ``pmta.ingest_batches.route`` of its batches: pipe (ingest) or webhook (serve)
+    route: str = "pipe"
 
     @classmethod
     def of(cls, spool: SpoolWriter) -> Lane:
@@ -79,6 +81,7 @@ class SpoolReceipt(Receipt):
     batch: SpooledBatch | None = None
 
     def __post_init__(self) -> None:
+        self.route = self.lane.route
         if self.ref is not None:
             self.spool_segment, self.spool_offset = self.ref.segment, self.ref.offset
 

@@ -86,7 +86,7 @@ class WebhookJournal:
             # segment names sort by writer start, then pid: keep each lane's start distinct
             spool.started_us = max(spool.started_us, self._last_start_us + 1)
             self._last_start_us = spool.started_us
-            lane = Lane(spool, RecordParser(source), self._committed_hook(source))
+            lane = Lane(spool, RecordParser(source), self._committed_hook(source), "webhook")
             self.lanes[source] = lane
         return lane
 

@@ -102,6 +102,11 @@ def test_csv_body_is_durable_at_200_and_loads_within_seconds(
     assert b"3000 read = 3000 inserted + 0 duplicates + 0 rejected + 0 left" in (
         (tmp_path / "log").read_bytes()
     )
+    # the webhook's batches have a route of their own, which ingest_health counts as live
+    routes = conn.execute("SELECT DISTINCT route FROM pmta.ingest_batches").fetchall()
+    assert routes == [("webhook",)]
+    live = "SELECT count(*) FROM pmta.ingest_health WHERE last_committed_at IS NOT NULL"
+    assert count(conn, live) == 1
 
 
 def test_gzip_content_encoding_transfer_encoding_and_sniffed(

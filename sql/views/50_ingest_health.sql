@@ -1,20 +1,21 @@
 -- Health of each pipe, from pmta.ingest_batches: is it committing, and how far behind is it?
--- The recency columns count the pipe's own batches (route pipe, and replay of its spool),
--- so that importing old files or retrying rejects never makes a silent pipe look alive;
+-- The recency columns count the live routes' own batches (pipe and webhook, and replay
+-- of their spool), so that importing old files or retrying rejects never makes a silent
+-- pipe look alive;
 -- the volume columns count every route.
 CREATE OR REPLACE VIEW pmta.ingest_health AS
 SELECT
     b.source,
-    max(b.committed_at) FILTER (WHERE b.route IN ('pipe', 'replay'))
+    max(b.committed_at) FILTER (WHERE b.route IN ('pipe', 'webhook', 'replay'))
                                                                AS last_committed_at,
-    now() - max(b.committed_at) FILTER (WHERE b.route IN ('pipe', 'replay'))
+    now() - max(b.committed_at) FILTER (WHERE b.route IN ('pipe', 'webhook', 'replay'))
                                                                AS since_last_commit,
-    max(b.last_time_logged) FILTER (WHERE b.route IN ('pipe', 'replay'))
+    max(b.last_time_logged) FILTER (WHERE b.route IN ('pipe', 'webhook', 'replay'))
                                                                AS last_time_logged,
-    now() - max(b.last_time_logged) FILTER (WHERE b.route IN ('pipe', 'replay'))
+    now() - max(b.last_time_logged) FILTER (WHERE b.route IN ('pipe', 'webhook', 'replay'))
                                                                AS data_lag,
     (array_agg(b.committed_at - b.received_at ORDER BY b.committed_at DESC)
-        FILTER (WHERE b.route IN ('pipe', 'replay')))[1]       AS last_batch_delay,
+        FILTER (WHERE b.route IN ('pipe', 'webhook', 'replay')))[1]       AS last_batch_delay,
     count(*) FILTER (WHERE b.committed_at > now() - interval '1 hour')
                                                                AS batches_last_hour,
     coalesce(sum(b.records) FILTER (WHERE b.committed_at > now() - interval '1 hour'), 0)

@@ -96,7 +96,7 @@ SELECT time,
        sum(complaints)::bigint     AS complaints,
        sum(remote_bounces)::bigint AS remote_bounces,
        (time AT TIME ZONE 'UTC')::date AS day
-FROM pmta.hourly_traffic
+FROM pmta.hourly_counts
 GROUP BY time;
 
 CREATE OR REPLACE VIEW pmta.hourly_by_ip AS
@@ -106,7 +106,7 @@ SELECT time, dlv_source_ip,
        sum(deferred)::bigint  AS deferred,
        (time AT TIME ZONE 'UTC')::date AS day,
        host(dlv_source_ip)    AS dlv_source_ip_text
-FROM pmta.hourly_traffic
+FROM pmta.hourly_counts
 GROUP BY time, dlv_source_ip
 HAVING sum(delivered) + sum(bounced) + sum(deferred) > 0;
 
@@ -116,6 +116,6 @@ SELECT time, provider,
        sum(bounced)::bigint   AS bounced,
        sum(deferred)::bigint  AS deferred,
        (time AT TIME ZONE 'UTC')::date AS day
-FROM pmta.hourly_traffic
+FROM pmta.hourly_counts
 GROUP BY time, provider
 HAVING sum(delivered) + sum(bounced) + sum(deferred) > 0;

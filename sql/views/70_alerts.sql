@@ -1,5 +1,5 @@
 -- Warm-up progress (pmta.warmup_plans against pmta.daily_counts) and the hourly alerts
--- (pmta.rollup_hourly through pmta.hourly_traffic, plus over-plan warm-up days).
+-- (pmta.rollup_hourly through pmta.hourly_counts, plus over-plan warm-up days).
 -- Providers are those of the fact views, so an edit of the provider tables re-labels
 -- both at once.
 
@@ -69,7 +69,7 @@ WHERE n.sending_day <= (SELECT max(q.sending_day) FROM pmta.warmup_plans q
 
 -- ip_alerts_hourly: ip_alerts by UTC hour (thresholds: the *_hourly rows of
 -- pmta.alert_thresholds), plus one row per hour with traffic of a warm-up day once
--- the day's messages so far pass its plan (warmup_over_plan). Reads pmta.hourly_traffic
+-- the day's messages so far pass its plan (warmup_over_plan). Reads pmta.hourly_counts
 -- once for the rates: the sums per IP and provider, and per IP as window sums over
 -- them; hour is in the window's partition, so a filter on hour reaches the rollup.
 CREATE OR REPLACE VIEW pmta.ip_alerts_hourly AS
@@ -91,7 +91,7 @@ FROM (
         FROM (
             SELECT h.time AS hour, h.dlv_source_ip, h.provider, sum(h.delivered) AS delivered,
                    sum(h.bounced) AS bounced, sum(h.deferred) AS deferred
-            FROM pmta.hourly_traffic h
+            FROM pmta.hourly_counts h
             WHERE h.dlv_source_ip IS NOT NULL
             GROUP BY h.time, h.dlv_source_ip, h.provider
         ) p
@@ -134,7 +134,7 @@ CROSS JOIN LATERAL (
     SELECT y.hour, y.sent, sum(y.sent) OVER (ORDER BY y.hour) AS running
     FROM (
         SELECT ht.time AS hour, sum(ht.delivered + ht.bounced) AS sent
-        FROM pmta.hourly_traffic ht
+        FROM pmta.hourly_counts ht
         WHERE ht.dlv_source_ip = w.dlv_source_ip
           AND (w.provider IS NULL OR ht.provider = w.provider)
           AND ht.time >= (w.day::timestamp AT TIME ZONE 'UTC')

@@ -4,6 +4,7 @@
 COMMENT ON VIEW pmta.daily_counts IS 'One row per row of pmta.rollup_daily (UTC day, every dimension, record type, bounce category), not grouped: its count in the column of its type, 0 in the others. Sum it with any grouping: the report views do';
 COMMENT ON VIEW pmta.daily_traffic IS 'Records per UTC day and every dimension (host, domain, provider, IP, VirtualMTA, pool, job), counts by type side by side; the base of the daily views';
 COMMENT ON VIEW pmta.daily_bounces IS 'b and rb records per UTC day, every dimension and bounce category';
+COMMENT ON VIEW pmta.hourly_counts IS 'One row per row of pmta.rollup_hourly (UTC hour, host, record type, domain, IP, bounce category), not grouped: its count in the column of its type, 0 in the others. Sum it with any grouping: the hourly report views do';
 COMMENT ON VIEW pmta.hourly_traffic IS 'Records per UTC hour, host, domain, provider and IP, counts by type; time is the start of the hour (Grafana time column)';
 COMMENT ON VIEW pmta.daily_diag IS 't, tq, b and rb records per UTC day, host, type, domain, IP, VirtualMTA, reply code and normalized diagnostic, categorized by pmta.diag_rules';
 COMMENT ON VIEW pmta.delivery_time_histogram IS 'Histogram of delivery times (queued to delivered) of d records per UTC day, host and domain';

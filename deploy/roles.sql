@@ -322,6 +322,9 @@ BEGIN
         SELECT ro.rolname
         FROM pg_roles ro JOIN members m ON m.oid = ro.oid
         WHERE ro.rolcanlogin AND NOT ro.rolsuper
+          -- not the role running this (from PostgreSQL 16 it holds ADMIN OPTION on the
+          -- logins it may change, which makes it a member of them)
+          AND ro.rolname <> current_user
           AND NOT EXISTS (
               SELECT 1 FROM pg_db_role_setting s
               JOIN pg_database d ON d.oid = s.setdatabase AND d.datname = current_database()

@@ -184,6 +184,19 @@ def test_roles_sql_sets_utc_for_every_bi_login(roles_db: RolesDb, admin_dsn: str
                 # a zone of the login's own, everywhere: this database's setting wins
                 c.execute(sql.SQL("ALTER ROLE {} SET timezone = 'America/Los_Angeles'").format(
                     sql.Identifier(login)))  # fmt: skip
+            # PostgreSQL 16 and later: a CREATEROLE owner changes a login's settings only
+            # with ADMIN OPTION on it, which the deployment gives (deploy/roles.sql)
+            if c.info.server_version >= 160000:
+                owner = conninfo_to_dict(roles_db.owner)["user"]
+                logins = [
+                    r[0] for r in c.execute(
+                        "SELECT rolname FROM pg_roles WHERE rolcanlogin AND rolname LIKE"
+                        " 'pmta\\_t\\_%%' AND rolname <> %s", (owner,)
+                    )
+                ]  # fmt: skip
+                for login in logins:
+                    c.execute(sql.SQL("GRANT {} TO {} WITH ADMIN OPTION").format(
+                        sql.Identifier(login), sql.Identifier(owner)))  # fmt: skip
         for attempt in (1, 2):
             proc = run_roles_sql(roles_db.owner, roles_db.groups)
             assert proc.returncode == 0, f"run {attempt}: {proc.stderr}"

@@ -25,8 +25,8 @@ from pmta_pipe.parse import (
 )
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
-JSON_SAMPLES = REFERENCE / "pmta-json-samples.ndjson"
+#: the reference's real JSON records, kept verbatim beside the CSV ones (tests/data)
+JSON_SAMPLES = Path(__file__).resolve().parent / "data" / "pmta-json-samples.ndjson"
 
 #: three records as PowerMTA's JSON accounting writes them (each type its own fields)
 RECORDS: list[dict[str, str]] = [

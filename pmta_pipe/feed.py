@@ -39,10 +39,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pmta_pipe import db, materialize
 from pmta_pipe.config import Settings
-from pmta_pipe.errors import DatabaseUnavailable, PmtaPipeError, SetupFault
+from pmta_pipe.errors import DatabaseUnavailable, PmtaPipeError, SetupFault, SpooledForLater
 from pmta_pipe.load import FaultNotice, Loader, LoadResult
 from pmta_pipe.parse import RecordParser
 from pmta_pipe.pipeline import Batch, Pipeline, Receipt
@@ -266,6 +267,26 @@ class Feed:
             self._pipeline = None
         except (DatabaseUnavailable, SetupFault) as exc:
             self.error = exc
+
+    def ending(
+        self, left_batches: int, left_records: int, folder: Path, loaded_by: str
+    ) -> SpooledForLater | None:
+        """After ``stop``: log the spool segments of earlier runs this run loaded, and
+        return the error the process ends with when batches were left in the spool
+        (``folder``; ``loaded_by`` names the commands that will load them), else None."""
+        if self.recovery.segments:
+            log.warning("recovered %d spool segments left by earlier runs (%d batches)",
+                        self.recovery.segments, self.recovery.batches)  # fmt: skip
+        error = self.error
+        if error is None and not left_batches:
+            return None
+        why = error.message if error is not None else "the database did not take them in time"
+        return SpooledForLater(
+            f"{left_records} records ({left_batches} batches) left in the spool {folder}"
+            f" after {self.settings.drain_timeout:g} s: {why}",
+            f"they are loaded by {loaded_by}"
+            + (f"; {error.hint}" if error is not None and error.hint else ""),
+        )
 
     def stop(self) -> None:
         """End the run: retries end, the rollups stop (no last step: an end of input must

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from pmta_pipe.config import Settings
-from pmta_pipe.errors import PmtaPipeError, SpooledForLater
+from pmta_pipe.errors import PmtaPipeError
 from pmta_pipe.feed import Feed, Lane, Pending, PendingQueue  # noqa: F401 (Pending: re-exported)
 from pmta_pipe.load import LoadResult
 from pmta_pipe.reader import RawBatch, StreamReader
@@ -218,19 +218,12 @@ def run_ingest(settings: Settings, fd: int = 0) -> IngestResult:
         left_records = spool.left_records
     if reader.error is not None:
         raise reader.error
-    recovery, error = feed.recovery, feed.error
-    if recovery.segments:
-        log.warning("recovered %d spool segments left by earlier runs (%d batches)",
-                    recovery.segments, recovery.batches)  # fmt: skip
     result = IngestResult(
-        feed.totals, time.monotonic() - started, recovery.segments, left_batches, left_records
-    )
-    if error is not None or left_batches:
-        why = error.message if error is not None else "the database did not take them in time"
-        result.error = SpooledForLater(
-            f"{left_records} records ({left_batches} batches) left in the spool {spool.folder}"
-            f" after {settings.drain_timeout:g} s: {why}",
-            "they are loaded by the next 'pmta-pipe ingest' or by 'pmta-pipe replay'"
-            + (f"; {error.hint}" if error is not None and error.hint else ""),
-        )
+        feed.totals, time.monotonic() - started, feed.recovery.segments, left_batches,
+        left_records,
+    )  # fmt: skip
+    result.error = feed.ending(
+        left_batches, left_records, spool.folder,
+        "the next 'pmta-pipe ingest' or by 'pmta-pipe replay'",
+    )  # fmt: skip
     return result

@@ -54,7 +54,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from pmta_pipe import status
 from pmta_pipe.bodies import BodyError, Budget, Claim, Decoded, is_gzip, read_records
 from pmta_pipe.config import Settings
-from pmta_pipe.errors import ConfigError, PmtaPipeError, SpooledForLater
+from pmta_pipe.errors import ConfigError, PmtaPipeError
 from pmta_pipe.feed import Feed, PendingQueue
 from pmta_pipe.load import LoadResult
 from pmta_pipe.metrics import CONTENT_TYPE, WebhookMetrics
@@ -428,20 +428,13 @@ def run_serve(settings: Settings) -> ServeResult:
         server.control.close()
     if server.feed_failure is not None:
         raise server.feed_failure
-    feed, error = server.feed, server.feed.error
-    if feed.recovery.segments:
-        log.warning("recovered %d spool segments left by earlier runs (%d batches)",
-                    feed.recovery.segments, feed.recovery.batches)  # fmt: skip
+    feed = server.feed
     result = ServeResult(
         feed.totals, time.monotonic() - started, server.requests, feed.recovery.segments,
         left_batches, left_records,
     )  # fmt: skip
-    if error is not None or left_batches:
-        why = error.message if error is not None else "the database did not take them in time"
-        result.error = SpooledForLater(
-            f"{left_records} records ({left_batches} batches) left in the spool"
-            f" {server.control.folder} after {settings.drain_timeout:g} s: {why}",
-            "they are loaded by the next 'pmta-pipe serve' or 'ingest', or by 'pmta-pipe replay'"
-            + (f"; {error.hint}" if error is not None and error.hint else ""),
-        )
+    result.error = feed.ending(
+        left_batches, left_records, server.control.folder,
+        "the next 'pmta-pipe serve' or 'ingest', or by 'pmta-pipe replay'",
+    )  # fmt: skip
     return result
